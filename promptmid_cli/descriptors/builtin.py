@@ -1,0 +1,117 @@
+"""Built-in modality-invariant dense descriptor (oriented-gradient family, no weights).
+
+Follows the channel-feature idea of CFOG/HOPC that optical-SAR registration has relied on:
+orientation channels of the gradient, pooled spatially, normalised per pixel. Choices that make
+it work across modalities:
+- the pipeline hands SAR in the dB domain, which turns multiplicative speckle into additive noise;
+  a stronger Gaussian pre-smoothing on SAR then suppresses it;
+- orientation is unsigned (|g . u_k| over [0, pi)), so inverted contrast (bright roof in optical,
+  dark in SAR, or the reverse) gives the same descriptor;
+- normalised convolution with the validity mask, so nodata borders do not create edges;
+- two pooling scales concatenated (fine localisation + context), smoothed across orientation bins,
+  per-pixel L2 normalisation with a floor tied to the patch's median gradient energy so flat,
+  noisy areas stay weak instead of being blown up to unit length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import DescriptorBackend, PatchPair
+
+
+def _gauss_kernel1d(sigma: float, device) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, C, H, W] with reflect padding."""
+    if sigma <= 0:
+        return x
+    k = _gauss_kernel1d(sigma, x.device)
+    r = k.numel() // 2
+    c = x.shape[1]
+    kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), kx, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), ky, groups=c)
+
+
+class OrientedGradientDescriptor(torch.nn.Module):
+    """img [B,1,H,W] in [0,1], mask [B,1,H,W] (float 0/1) -> descriptor [B, n_orient*len(scales), H, W]."""
+
+    def __init__(self, n_orient: int = 9, scales=(1.0, 2.5), presmooth_optical: float = 0.7,
+                 presmooth_sar: float = 1.5, floor: float = 0.3):
+        super().__init__()
+        self.n_orient = n_orient
+        self.scales = tuple(scales)
+        self.presmooth = {"optical": presmooth_optical, "sar": presmooth_sar}
+        self.floor = floor
+        ang = torch.arange(n_orient, dtype=torch.float32) * math.pi / n_orient
+        self.register_buffer("cos", torch.cos(ang).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("sin", torch.sin(ang).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.n_orient * len(self.scales)
+
+    def forward(self, img: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
+        mask = mask.to(img.dtype)
+        sigma = self.presmooth.get(modality, self.presmooth["optical"])
+        # normalised convolution: average only over valid pixels
+        num = gaussian_blur(img * mask, sigma)
+        den = gaussian_blur(mask, sigma)
+        sm = torch.where(den > 1e-3, num / den.clamp_min(1e-3), torch.zeros_like(num))
+        # gradients by central differences; invalid where any neighbour is invalid
+        p = F.pad(sm, (1, 1, 1, 1), mode="replicate")
+        gx = 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
+        gy = 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1])
+        valid = -F.max_pool2d(-F.pad(mask, (1, 1, 1, 1), value=0.0), 3, stride=1)
+        gx, gy = gx * valid, gy * valid
+        orient = (gx * self.cos + gy * self.sin).abs()  # [B, n, H, W], unsigned orientation
+        outs = []
+        for s in self.scales:
+            o = gaussian_blur(orient, s)
+            # circular [1,2,1] smoothing across orientation bins
+            o = 0.5 * o + 0.25 * (torch.roll(o, 1, dims=1) + torch.roll(o, -1, dims=1))
+            outs.append(o)
+        d = torch.cat(outs, dim=1)
+        norm = d.pow(2).sum(1, keepdim=True).sqrt()
+        vals = norm[valid > 0]
+        ref = vals.median() if vals.numel() else norm.new_tensor(0.0)
+        d = d / (norm + self.floor * ref + 1e-12)
+        return d * valid
+
+
+class BuiltinDescriptor(DescriptorBackend):
+    name = "builtin"
+    stride = 1
+
+    def __init__(self, device="cpu", **cfg):
+        super().__init__(device)
+        self.module = OrientedGradientDescriptor(**cfg).to(self.device)
+        self.dim = self.module.dim
+        self.cfg = {"n_orient": self.module.n_orient, "scales": list(self.module.scales),
+                    "presmooth": self.module.presmooth, "floor": self.module.floor}
+
+    @torch.no_grad()
+    def describe_image(self, img: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
+        """Single image [H, W] -> [D, H, W]."""
+        x = img.to(self.device, torch.float32)[None, None]
+        m = mask.to(self.device, torch.float32)[None, None]
+        return self.module(x, m, modality)[0]
+
+    def describe_pairs(self, pairs: list[PatchPair]):
+        return [(self.describe_image(p.ref, p.ref_mask, p.ref_modality),
+                 self.describe_image(p.mov, p.mov_mask, p.mov_modality)) for p in pairs]
+
+    def settings(self) -> dict:
+        extra = {"note": self.auto_note} if getattr(self, "auto_note", None) else {}
+        return {**super().settings(), **self.cfg, **extra}

@@ -1,0 +1,157 @@
+"""Dense matching: masked, multi-channel normalised cross-correlation by FFT, sub-pixel peaks.
+
+Masked NCC (Padfield, "Masked object registration in the Fourier domain", 2012) normalises every
+displacement by the statistics of the pixels that actually overlap, so nodata borders, NaN holes and
+partial overlaps do not bias the peak. Channels are summed before normalisation (one score over the
+whole descriptor), which is what makes the dense oriented-gradient descriptors robust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _next_fast(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (FFT-friendly size)."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+@dataclass
+class PeakResult:
+    dy: float  # displacement (search coords - template coords), sub-pixel
+    dx: float
+    score: float  # peak NCC
+    second: float  # best NCC outside the peak's neighbourhood
+    overlap: float  # overlapping valid fraction of the template at the peak
+
+    @property
+    def distinct(self) -> float:
+        return self.score - self.second
+
+
+def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
+               valid_only: bool = False, channel_chunk: int = 6):
+    """Batched masked NCC.
+
+    tmpl [B,C,h,w], tmask [B,h,w], search [B,C,H,W], smask [B,H,W] ->
+    (ncc [B, H+h-1, W+w-1], overlap fraction [B, H+h-1, W+w-1]); index (i, j) is displacement
+    (i - (h-1), j - (w-1)): template pixel (y, x) sits on search pixel (y + dy, x + dx).
+    valid_only: only displacements that keep the template inside the search window are needed
+    (0 <= d <= H-h); the FFT then needs no zero padding (circular wrap cannot reach them), which
+    makes tile matching ~3x cheaper. Other displacements hold garbage and must not be used.
+    """
+    B, C, h, w = tmpl.shape
+    H, W = search.shape[-2:]
+    if valid_only:
+        Py, Px = _next_fast(H), _next_fast(W)
+    else:
+        Py, Px = _next_fast(H + h - 1), _next_fast(W + w - 1)
+    dt = torch.float32
+
+    def fft(x):
+        return torch.fft.rfft2(x, s=(Py, Px))
+
+    def corr(fa, fb):  # sum_x a[x+d] b[x]
+        r = torch.fft.irfft2(fa * fb.conj(), s=(Py, Px))
+        # bring displacements -(h-1)..H-1 into one contiguous block
+        r = torch.roll(r, shifts=(h - 1, w - 1), dims=(-2, -1))
+        return r[..., : H + h - 1, : W + w - 1]
+
+    nccs, fracs = [], []
+    # one item and a few channels at a time: memory stays at a few FFT planes whatever the batch
+    for b in range(B):
+        tm = tmask[b].to(dt)
+        sm = smask[b].to(dt)
+        Fm_s, Fm_t = fft(sm), fft(tm)
+        n = corr(Fm_s, Fm_t).clamp_min(0)
+        n_safe = n.clamp_min(1.0)
+        num = torch.zeros_like(n)
+        vf = torch.zeros_like(n)
+        vt = torch.zeros_like(n)
+        for c0 in range(0, C, channel_chunk):
+            t = tmpl[b, c0:c0 + channel_chunk].to(dt) * tm
+            s = search[b, c0:c0 + channel_chunk].to(dt) * sm
+            F_s, F_t = fft(s), fft(t)
+            S_f = corr(F_s, Fm_t)
+            S_t = corr(Fm_s, F_t)
+            num += (corr(F_s, F_t) - S_f * S_t / n_safe).sum(0)
+            vf += (corr(fft(s * s), Fm_t) - S_f * S_f / n_safe).sum(0)
+            vt += (corr(Fm_s, fft(t * t)) - S_t * S_t / n_safe).sum(0)
+        den = (vf.clamp_min(0) * vt.clamp_min(0)).sqrt()
+        ncc = torch.where(den > 1e-9, num / den.clamp_min(1e-12), torch.zeros_like(num))
+        nccs.append(ncc.clamp(-1, 1))
+        fracs.append(n / tm.sum().clamp_min(1.0))
+    return torch.stack(nccs), torch.stack(fracs)
+
+
+def _parabola(a: float, b: float, c: float) -> float:
+    d = a - 2 * b + c
+    if d >= 0:  # not a maximum
+        return 0.0
+    return float(max(-0.5, min(0.5, 0.5 * (a - c) / d)))
+
+
+def find_peaks(ncc: torch.Tensor, frac: torch.Tensor, h: int, w: int, center, radius,
+               min_overlap: float = 0.5, exclude: int = 4) -> list[PeakResult | None]:
+    """Best displacement per batch item within |d - center| <= radius (per axis), sub-pixel.
+
+    center: [(dy, dx)] per item; radius: (ry, rx) or per-item list.
+    """
+    B, Hn, Wn = ncc.shape
+    out = []
+    for b in range(B):
+        cy, cx = center[b]
+        ry, rx = radius[b] if isinstance(radius, list) else radius
+        iy = torch.arange(Hn, device=ncc.device).view(-1, 1) - (h - 1)
+        ix = torch.arange(Wn, device=ncc.device).view(1, -1) - (w - 1)
+        allowed = ((iy - cy).abs() <= ry) & ((ix - cx).abs() <= rx) & (frac[b] >= min_overlap)
+        if not bool(allowed.any()):
+            out.append(None)
+            continue
+        score = torch.where(allowed, ncc[b], torch.full_like(ncc[b], -2.0))
+        k = int(torch.argmax(score))
+        py, px = divmod(k, Wn)
+        best = float(score[py, px])
+        if best <= -1.5:
+            out.append(None)
+            continue
+        # second best outside the neighbourhood of the peak (distinctiveness)
+        excl = ((iy - (py - (h - 1))).abs() <= exclude) & ((ix - (px - (w - 1))).abs() <= exclude)
+        rest = torch.where(excl, torch.full_like(score, -2.0), score)
+        second = float(rest.max()) if bool((rest > -1.5).any()) else -1.0
+        fy = fx = 0.0
+        if 0 < py < Hn - 1 and bool(allowed[py - 1, px]) and bool(allowed[py + 1, px]):
+            fy = _parabola(float(ncc[b, py - 1, px]), best, float(ncc[b, py + 1, px]))
+        if 0 < px < Wn - 1 and bool(allowed[py, px - 1]) and bool(allowed[py, px + 1]):
+            fx = _parabola(float(ncc[b, py, px - 1]), best, float(ncc[b, py, px + 1]))
+        out.append(PeakResult(dy=py - (h - 1) + fy, dx=px - (w - 1) + fx, score=best, second=second,
+                              overlap=float(frac[b, py, px])))
+    return out
+
+
+def upsample_to(desc: torch.Tensor, size) -> torch.Tensor:
+    """Bring a strided descriptor map [D, h, w] back to the match grid [D, H, W]."""
+    if tuple(desc.shape[-2:]) == tuple(size):
+        return desc
+    return F.interpolate(desc[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+

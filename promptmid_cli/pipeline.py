@@ -1,0 +1,444 @@
+"""The registration pipeline: overlap -> pyramid of tile matches -> robust global fit.
+
+Coarse to fine. Level 0 correlates the whole overlap on a strongly decimated grid (masked NCC over
+the full `--max-shift` range), which finds offsets larger than a tile. Each following level matches
+tiles on a finer grid, searching around where the current model puts them, and refits; the last
+level works on the match grid itself and gives the tie points of the final fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from affine import Affine
+
+from .descriptors.base import PatchPair
+from .errors import BadInput, RegistrationFailed
+from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, spread_ok
+from .imaging import detect_sar_domain, normalize01, to_intensity
+from .matching import find_peaks, masked_ncc, upsample_to
+from .raster import Raster, apply_affine, crs_transformer, footprint, read_window, resample_moving
+from .tiling import Tile, tile_grid
+
+COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
+DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
+# worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
+TRANSLATION_MISFIT = 0.06
+
+
+@dataclass
+class MatchOptions:
+    model: str = "affine"
+    tile_size: int = 256
+    overlap: float = 0.25
+    max_shift: float = 128.0  # reference pixels
+    match_res: float | None = None  # reference map units; None: reference resolution
+    threshold: float = 2.0  # RANSAC inlier threshold, reference pixels
+    max_tiles: int = 400
+    min_inliers: int | None = None
+    min_score: float = 0.05
+    optical_band: int | None = None  # 0-based
+    sar_domain: str = "auto"
+    zero_is_nodata: bool = True
+    batch_size: int = 16
+
+
+@dataclass
+class TieMatch:
+    level: float
+    tile: int
+    col0: int
+    row0: int
+    size: int
+    ref_xy: tuple  # true ground position (reference CRS)
+    mov_xy: tuple  # where the moving georeference puts it (reference CRS)
+    shift_px: tuple  # residual displacement found at this level, level pixels (dx, dy)
+    score: float
+    distinct: float
+    prompt: dict | None = None
+
+
+@dataclass
+class Scene:
+    ref: Raster
+    mov: Raster
+    ref_modality: str
+    mov_modality: str
+    ref_domain: str
+    mov_domain: str
+    f_match: float  # match-grid pixel / reference pixel
+    window: tuple  # overlap in reference pixels (col0, row0, w, h)
+    ref_res: float
+
+    def level_transform(self, c: float) -> Affine:
+        return self.ref.transform * Affine.scale(self.f_match * c)
+
+    def level_window(self, c: float) -> tuple[int, int, int, int]:
+        f = self.f_match * c
+        c0, r0, w, h = self.window
+        col0, row0 = int(math.floor(c0 / f)), int(math.floor(r0 / f))
+        col1, row1 = int(math.ceil((c0 + w) / f)), int(math.ceil((r0 + h) / f))
+        return col0, row0, col1 - col0, row1 - row0
+
+
+@dataclass
+class RegistrationResult:
+    scene: Scene
+    fit: FitResult | None
+    ties: list[TieMatch]
+    levels: list[dict]
+    tiles: list[dict]
+    warnings: list[str]
+    timings: dict
+    counts: dict
+    descriptor: dict
+    prompt_selector: dict | None = None
+    model_requested: str = "affine"
+    failure: str | None = None
+
+
+def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
+    if modality != "sar":
+        return "optical"
+    return detect_sar_domain(r) if sar_domain == "auto" else sar_domain
+
+
+def build_scene(ref: Raster, mov: Raster, ref_modality: str, mov_modality: str, opts: MatchOptions) -> Scene:
+    if (ref.crs is None) != (mov.crs is None):
+        which = "reference" if ref.crs is None else "moving"
+        raise BadInput(f"the {which} raster has no CRS while the other has one; give both a georeference")
+    fp_ref = footprint(ref, ref.crs)
+    fp_mov = footprint(mov, ref.crs)
+    if not fp_mov.is_valid:
+        fp_mov = fp_mov.buffer(0)
+    inter = fp_ref.intersection(fp_mov)
+    ref_res = ref.res
+    if inter.is_empty or inter.area < (4 * ref_res) ** 2:
+        raise BadInput(f"the rasters do not overlap ({ref.path} and {mov.path} share no area in the reference CRS)")
+    xs, ys = np.asarray(inter.exterior.coords).T if inter.geom_type == "Polygon" else np.asarray(
+        inter.envelope.exterior.coords).T
+    cols, rows = apply_affine(~ref.transform, xs, ys)
+    c0 = max(0, int(math.floor(cols.min())))
+    r0 = max(0, int(math.floor(rows.min())))
+    c1 = min(ref.width, int(math.ceil(cols.max())))
+    r1 = min(ref.height, int(math.ceil(rows.max())))
+    if c1 - c0 < 8 or r1 - r0 < 8:
+        raise BadInput(f"the rasters overlap by only {c1 - c0}x{r1 - r0} reference pixels; nothing to match")
+    # default match resolution: the reference's, or the moving image's when that is much coarser
+    mov_res_in_ref = math.sqrt(fp_mov.area / (mov.width * mov.height))
+    if opts.match_res:
+        f_match = max(1.0, opts.match_res / ref_res)
+    else:
+        f_match = max(1.0, mov_res_in_ref / ref_res / 1.5)
+        f_match = 1.0 if f_match < 1.25 else f_match
+    return Scene(ref, mov, ref_modality, mov_modality,
+                 _modality_domain(ref, ref_modality, opts.sar_domain),
+                 _modality_domain(mov, mov_modality, opts.sar_domain),
+                 f_match, (c0, r0, c1 - c0, r1 - r0), ref_res)
+
+
+class Matcher:
+    """Runs the pyramid. `backend` is a DescriptorBackend; `selector`, if given, picks a prompt per tile."""
+
+    def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None,
+                 progress: Callable | None = None, log: Callable | None = None):
+        self.s = scene
+        self.backend = backend
+        self.opts = opts
+        self.selector = selector
+        self.progress = progress or (lambda *a, **k: None)
+        self.log = log or (lambda msg: None)
+        self.warnings: list[str] = []
+        self.levels: list[dict] = []
+        self.tile_records: list[dict] = []
+
+    # ---------------------------------------------------------------- patches
+    def _ref_patch(self, c, col0, row0, w, h):
+        arr = read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
+                          zero_is_nodata=self.opts.zero_is_nodata)
+        return arr
+
+    def _mov_patch(self, c, col0, row0, w, h, model):
+        return resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
+                               point_map=model, zero_is_nodata=self.opts.zero_is_nodata)
+
+    def _intensity(self, arr, modality, domain):
+        band = self.opts.optical_band if modality == "optical" else None
+        if band is not None and band >= arr.shape[0]:
+            raise BadInput(f"--optical-band {band + 1} does not exist (the optical raster has {arr.shape[0]} bands)")
+        return to_intensity(arr, modality, domain, band)
+
+    # ---------------------------------------------------------------- level 0
+    def global_translation(self, c0: int) -> tuple[Transform, dict]:
+        s = self.s
+        col0, row0, w, h = s.level_window(c0)
+        R = int(math.ceil(self.opts.max_shift / (s.f_match * c0))) + 2
+        m = DESC_MARGIN
+        ref = self._intensity(self._ref_patch(c0, col0 - m, row0 - m, w + 2 * m, h + 2 * m), s.ref_modality, s.ref_domain)
+        mov = self._intensity(self._mov_patch(c0, col0 - R - m, row0 - R - m, w + 2 * R + 2 * m,
+                                              h + 2 * R + 2 * m, None), s.mov_modality, s.mov_domain)
+        refn, refm = normalize01(ref)
+        movn, movm = normalize01(mov)
+        if refm.sum() < 64 or movm.sum() < 64:
+            raise RegistrationFailed("no valid pixels in the overlap (all nodata?)")
+        pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
+                         torch.from_numpy(movm), s.ref_modality, s.mov_modality)
+        (dr, dm), = self.backend.describe_pairs([pair])
+        dr = upsample_to(dr, ref.shape)[:, m:m + h, m:m + w]
+        dm = upsample_to(dm, mov.shape)[:, m:m + h + 2 * R, m:m + w + 2 * R]
+        tm = torch.from_numpy(_erode(refm)[m:m + h, m:m + w])
+        sm = torch.from_numpy(_erode(movm)[m:m + h + 2 * R, m:m + w + 2 * R])
+        ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None])
+        peak = find_peaks(ncc, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
+        info = {"factor": c0 * s.f_match, "kind": "global", "radius_px": R, "grid": [w, h]}
+        if peak is None:
+            raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
+        d = np.array([peak.dx - R, peak.dy - R])
+        info.update({"shift_level_px": d.tolist(), "score": peak.score, "distinct": peak.distinct})
+        T = s.level_transform(c0)
+        cx, cy = col0 + w / 2.0, row0 + h / 2.0
+        x0, y0 = apply_affine(T, cx, cy)
+        x1, y1 = apply_affine(T, cx + d[0], cy + d[1])
+        t = identity((float(x0), float(y0)), s.ref_res)
+        t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]
+        info["shift_ref_px"] = [float((x1 - x0) / s.ref_res), float((y1 - y0) / s.ref_res)]
+        self.levels.append(info)
+        return t, info
+
+    # ---------------------------------------------------------------- tile levels
+    def match_tiles(self, c: float, model: Transform, radius: int, tiles: list[Tile], final: bool,
+                    label: str) -> list[TieMatch]:
+        s = self.s
+        m = DESC_MARGIN
+        R = int(radius)
+        T = s.level_transform(c)
+        out: list[TieMatch] = []
+        jobs = []
+        self.progress("start", label, len(tiles))
+        for tile in tiles:
+            n = tile.size
+            ref_raw = self._ref_patch(c, tile.col0 - m, tile.row0 - m, n + 2 * m, n + 2 * m)
+            mov_raw = self._mov_patch(c, tile.col0 - R - m, tile.row0 - R - m, n + 2 * R + 2 * m,
+                                      n + 2 * R + 2 * m, model)
+            ref = self._intensity(ref_raw, s.ref_modality, s.ref_domain)
+            mov = self._intensity(mov_raw, s.mov_modality, s.mov_domain)
+            refn, refm = normalize01(ref)
+            movn, movm = normalize01(mov)
+            rec = {"level": c * s.f_match, "tile": tile.index, "col0": tile.col0, "row0": tile.row0, "size": n}
+            inner = refm[m:m + n, m:m + n]
+            prompt_info = None
+            if self.selector is not None:
+                # same ground window for both images: the search window minus its radius
+                prompt_info = self.selector(ref_raw, mov_raw[:, R:R + n + 2 * m, R:R + n + 2 * m], s)
+            reason = None
+            if inner.mean() < 0.5:
+                reason = "reference tile mostly nodata"
+            elif movm[m:m + n + 2 * R, m:m + n + 2 * R].mean() < 0.3:
+                reason = "moving search window mostly nodata"
+            elif refn[m:m + n, m:m + n][inner].std() < 0.02 or movn[movm].std() < 0.02:
+                reason = "too little structure"
+            elif prompt_info is not None and prompt_info.get("featureless"):
+                reason = f"featureless land use ({prompt_info.get('class')})"
+            if prompt_info is not None:
+                rec["prompt"] = prompt_info
+            if reason:
+                rec["skipped"] = reason
+                if final:
+                    self.tile_records.append(rec)
+                self.progress("advance", label, 1)
+                continue
+            pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
+                             torch.from_numpy(movm), s.ref_modality, s.mov_modality,
+                             prompt=prompt_info.get("prompt") if prompt_info else None)
+            jobs.append((tile, pair, rec, _erode(refm), _erode(movm)))
+            if len(jobs) >= self.opts.batch_size:
+                out += self._run_jobs(jobs, c, T, R, model, final, label)
+                jobs = []
+        if jobs:
+            out += self._run_jobs(jobs, c, T, R, model, final, label)
+        self.progress("stop", label, 0)
+        return out
+
+    def _run_jobs(self, jobs, c, T, R, model, final, label) -> list[TieMatch]:
+        m = DESC_MARGIN
+        descs = self.backend.describe_pairs([j[1] for j in jobs])
+        n = jobs[0][0].size
+        tmpl = torch.stack([upsample_to(d[0], j[1].ref.shape)[:, m:m + n, m:m + n] for d, j in zip(descs, jobs)])
+        srch = torch.stack([upsample_to(d[1], j[1].mov.shape)[:, m:m + n + 2 * R, m:m + n + 2 * R]
+                            for d, j in zip(descs, jobs)])
+        tmask = torch.stack([torch.from_numpy(j[3][m:m + n, m:m + n]) for j in jobs])
+        smask = torch.stack([torch.from_numpy(j[4][m:m + n + 2 * R, m:m + n + 2 * R]) for j in jobs])
+        ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
+        peaks = find_peaks(ncc, frac, n, n, [(R, R)] * len(jobs), (R, R), min_overlap=0.6, exclude=3)
+        out = []
+        for (tile, pair, rec, _, _), pk in zip(jobs, peaks):
+            self.progress("advance", label, 1)
+            if pk is None:
+                rec["skipped"] = "no valid displacement"
+                if final:
+                    self.tile_records.append(rec)
+                continue
+            dx, dy = pk.dx - R, pk.dy - R
+            rec.update({"score": pk.score, "distinct": pk.distinct, "shift_px": [dx, dy]})
+            on_edge = max(abs(dx), abs(dy)) >= R - 0.5
+            if pk.score < self.opts.min_score or pk.distinct <= 0.0 or on_edge:
+                rec["skipped"] = "weak match" if not on_edge else "peak at the search-window edge"
+                if final:
+                    self.tile_records.append(rec)
+                continue
+            cx, cy = tile.center
+            xr, yr = apply_affine(T, cx, cy)
+            xd, yd = apply_affine(T, cx + dx, cy + dy)
+            xm, ym = model(xd, yd)
+            tie = TieMatch(c * self.s.f_match, tile.index, tile.col0, tile.row0, tile.size,
+                           (float(xr), float(yr)), (float(xm), float(ym)), (float(dx), float(dy)),
+                           pk.score, pk.distinct, rec.get("prompt"))
+            rec["match"] = len(out)
+            if final:
+                self.tile_records.append(rec)
+            out.append((tie, rec))
+        return [t for t, _ in out] if not final else self._keep_records(out)
+
+    def _keep_records(self, pairs):
+        for i, (tie, rec) in enumerate(pairs):
+            tie._rec = rec  # type: ignore[attr-defined]
+        return [t for t, _ in pairs]
+
+    # ---------------------------------------------------------------- fitting per level
+    def fit_level(self, ties: list[TieMatch], c: float, kind: str, threshold_px: float) -> FitResult | None:
+        if len(ties) < 2:
+            return None
+        src = np.array([t.ref_xy for t in ties])
+        dst = np.array([t.mov_xy for t in ties])
+        while kind != "translation" and (len(ties) < MIN_POINTS[kind] + 2 or not spread_ok(src, self.s.ref_res)):
+            kind = SIMPLER[kind]
+        fit = fit_transform(kind, src, dst, self.s.ref_res, threshold_px)
+        return fit
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> tuple[FitResult | None, list[TieMatch], str | None]:
+        s, o = self.s, self.opts
+        col0, row0, W, H = s.level_window(1)
+        c0 = 1
+        while (max(W, H) + 2 * o.max_shift / s.f_match) / c0 > COARSE_TARGET * 1.5:
+            c0 *= 2
+        factors = [c0]
+        while factors[-1] > 1:
+            factors.append(max(1, factors[-1] // 4))
+        # a tile pass on the coarsest grid too: it turns the global shift into an affine estimate
+        # before the search windows shrink, so rotation/scale never has to fit in a radius
+        tile_levels = factors
+        model, _ = self.global_translation(c0)
+        model_is_translation = True
+        prev_c = c0
+        prev_rmse = None
+        final_ties: list[TieMatch] = []
+        passes = [(c, False) for c in tile_levels]
+        i = 0
+        while i < len(passes):
+            c, refine = passes[i]
+            final = c == 1
+            lc0, lr0, lw, lh = s.level_window(c)
+            half_diag = 0.5 * math.hypot(lw, lh)
+            if model_is_translation:
+                R = 2.0 * prev_c / c + TRANSLATION_MISFIT * half_diag + 3
+            else:
+                R = 3.0 * prev_c / c + 3.0 * (prev_rmse or 1.0) / (s.f_match * c) + 3
+            R = int(math.ceil(min(R, max(16, o.max_shift / (s.f_match * c)))))
+            size = o.tile_size if final else min(o.tile_size, 128)
+            size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
+            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64)
+            label = f"matching x{c * s.f_match:g}" + (" (refine)" if refine else "")
+            if final:
+                self.tile_records = []
+            ties = self.match_tiles(c, model, R, tiles, final, label)
+            kind = o.model if final else "affine"
+            thr = max(o.threshold, 1.5 * s.f_match * c)
+            fit = self.fit_level(ties, c, kind, thr)
+            info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size,
+                    "radius_px": R, "matches": len(ties), "refine": refine}
+            if fit is not None and fit.inliers.sum() >= 2:
+                info.update({"fit": fit.kind, "inliers": int(fit.inliers.sum()), "rmse_ref_px": fit.rmse})
+                self.levels.append(info)
+                if final:
+                    final_ties = ties
+                    self._final_fit = fit
+                # refine the last level once when it started from a translation-only guess
+                if final and model_is_translation and not refine and fit.kind != "translation":
+                    passes.append((1, True))
+                model = fit.transform
+                model_is_translation = fit.kind == "translation"
+                prev_rmse = fit.rmse
+            else:
+                self.levels.append(info)
+                self.warnings.append(f"level x{c * s.f_match:g}: too few matches ({len(ties)}), kept the previous estimate")
+                if final:
+                    final_ties = ties
+                    self._final_fit = fit
+            prev_c = c
+            i += 1
+        return getattr(self, "_final_fit", None), final_ties, None
+
+
+def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
+    """Shrink a validity mask so pixels whose descriptor saw nodata are not compared."""
+    import cv2
+
+    if mask.all():
+        return mask
+    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
+
+
+def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inliers: int | None,
+           scale: float, threshold: float) -> tuple[FitResult | None, list[str], str | None]:
+    """Final model choice: degrade to simpler models when the inliers cannot support the requested
+    one; fail (exit 1) when not even a translation is supported."""
+    warnings = []
+    if fit is None or not ties:
+        return None, warnings, f"too few matches to fit any model ({len(ties)} tie points)"
+    src = np.array([t.ref_xy for t in ties])
+    dst = np.array([t.mov_xy for t in ties])
+    kind = requested
+    while True:
+        need = max(min_inliers or 0, MIN_POINTS[kind] + (1 if kind != "tps" else 0), 3)
+        f = fit if fit.kind == kind else fit_transform(kind, src, dst, scale, threshold)
+        n_in = int(f.inliers.sum())
+        ok_spread = kind == "translation" or spread_ok(src[f.inliers], scale)
+        if n_in >= need and ok_spread:
+            break
+        if kind == "translation":
+            return None, warnings, (f"only {n_in} consistent matches out of {len(ties)} tie points "
+                                    f"(need {need}); the images could not be registered reliably")
+        simpler = SIMPLER[kind]
+        warnings.append(f"{n_in} inliers cannot support a {kind} model; fell back to {simpler}")
+        kind = simpler
+        fit = f
+    if f.inliers.sum() < 0.2 * len(ties) and len(ties) >= 10:
+        return None, warnings, (f"only {int(f.inliers.sum())} of {len(ties)} matches agree; "
+                                "the images could not be registered reliably")
+    return f, warnings, None
+
+
+def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
+    t0 = time.perf_counter()
+    m = Matcher(scene, backend, opts, selector=selector, progress=progress)
+    fit, ties, _ = m.run()
+    t1 = time.perf_counter()
+    final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
+    if final is not None:
+        for t, inl in zip(ties, final.inliers):
+            rec = getattr(t, "_rec", None)
+            if rec is not None:
+                rec["inlier"] = bool(inl)
+    n_skipped = sum(1 for r in m.tile_records if "skipped" in r)
+    counts = {"tiles_tried": len(m.tile_records), "tiles_skipped": n_skipped, "tiles_matched": len(ties),
+              "inliers": int(final.inliers.sum()) if final is not None else 0}
+    return RegistrationResult(scene=scene, fit=final, ties=ties, levels=m.levels, tiles=m.tile_records,
+                              warnings=m.warnings + warns, timings={"matching_s": t1 - t0}, counts=counts,
+                              descriptor=backend.settings(), model_requested=opts.model, failure=failure)

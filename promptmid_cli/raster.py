@@ -1,0 +1,254 @@
+"""Raster access: opening, footprints, and windowed reads onto a common grid.
+
+Nothing here reads a whole raster: every read is a window (possibly decimated, which lets GDAL use
+overviews). The moving image is resampled onto any target grid through an arbitrary point mapping,
+evaluated on a coarse lattice and interpolated in between (what GDAL's approximate transformer does),
+so the same code serves matching (identity or current model) and the final warp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import CRS, Transformer
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from shapely.geometry import Polygon
+
+from .errors import BadInput
+
+# QGIS's convention for a raster without georeference: x = pixel, y = -line
+PIXEL_FRAME = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+CV2_INTERP = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+@dataclass
+class Raster:
+    """An open raster plus what the pipeline needs to know about it."""
+
+    path: str
+    ds: rasterio.io.DatasetReader
+    crs: CRS | None
+    transform: Affine
+    georeferenced: bool
+
+    @property
+    def width(self) -> int:
+        return self.ds.width
+
+    @property
+    def height(self) -> int:
+        return self.ds.height
+
+    @property
+    def res(self) -> float:
+        """Mean pixel size in map units (handles rotated geotransforms)."""
+        t = self.transform
+        return math.sqrt(abs(t.a * t.e - t.b * t.d))
+
+    def info(self) -> dict:
+        return {
+            "path": self.path,
+            "crs": self.crs.to_string() if self.crs else None,
+            "size": [self.width, self.height],
+            "bands": self.ds.count,
+            "dtype": self.ds.dtypes[0],
+            "nodata": self.ds.nodata,
+            "resolution": self.res,
+            "transform": list(self.transform)[:6],
+            "georeferenced": self.georeferenced,
+        }
+
+    def close(self):
+        self.ds.close()
+
+
+def open_raster(path: str, role: str) -> Raster:
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        msg = str(e).splitlines()[0] if str(e) else "cannot open"
+        raise BadInput(f"cannot open {role} raster {path}: {msg}") from None
+    if ds.width < 2 or ds.height < 2:
+        raise BadInput(f"{role} raster {path} is too small ({ds.width}x{ds.height})")
+    crs = CRS.from_user_input(ds.crs) if ds.crs else None
+    t = ds.transform
+    georef = crs is not None or not t.is_identity
+    if not georef:
+        t = PIXEL_FRAME
+    if abs(t.a * t.e - t.b * t.d) == 0:
+        raise BadInput(f"{role} raster {path} has a degenerate geotransform")
+    return Raster(path=path, ds=ds, crs=crs, transform=t, georeferenced=georef)
+
+
+def crs_transformer(src: CRS | None, dst: CRS | None) -> Callable[[np.ndarray, np.ndarray], tuple]:
+    """Vectorised point transformer between two CRSs (identity when equal or both absent)."""
+    if src is None or dst is None or src == dst:
+        return lambda x, y: (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    tr = Transformer.from_crs(src, dst, always_xy=True)
+    return lambda x, y: tr.transform(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+
+
+def footprint(r: Raster, dst_crs: CRS | None, densify: int = 21) -> Polygon:
+    """Raster outline in dst_crs, edges densified so reprojection bends them correctly."""
+    w, h = r.width, r.height
+    s = np.linspace(0, 1, densify)
+    cols = np.concatenate([s * w, np.full(densify, w), (1 - s) * w, np.zeros(densify)])
+    rows = np.concatenate([np.zeros(densify), s * h, np.full(densify, h), (1 - s) * h])
+    xs, ys = r.transform * (cols, rows)
+    xs, ys = crs_transformer(r.crs, dst_crs)(xs, ys)
+    return Polygon(zip(xs, ys))
+
+
+def apply_affine(t: Affine, x, y):
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
+def invalid_mask(arr: np.ndarray, nodata, zero_is_nodata: bool) -> np.ndarray:
+    """[bands, h, w] -> [h, w] bool: pixel is nodata in any band (NaN, nodata value, all-zero)."""
+    bad = np.zeros(arr.shape[1:], dtype=bool)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad |= ~np.isfinite(arr).all(axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        bad |= (arr == nodata).any(axis=0)
+    elif zero_is_nodata:
+        bad |= (arr == 0).all(axis=0)
+    return bad
+
+
+def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: float = 1.0,
+                bands=None, zero_is_nodata: bool = True,
+                resampling: Resampling = Resampling.average) -> np.ndarray:
+    """Read a grid window [bands, h, w] as float32 with NaN for nodata/outside.
+
+    The window is in units of `factor` source pixels starting at source pixel (col0*factor,
+    row0*factor): factor > 1 gives a decimated read (overviews used when present).
+    """
+    bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
+    out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
+    c_lo = max(0, math.ceil(-col0 - 1e-9))
+    r_lo = max(0, math.ceil(-row0 - 1e-9))
+    c_hi = min(w, math.floor(r.width / factor - col0 + 1e-9))
+    r_hi = min(h, math.floor(r.height / factor - row0 + 1e-9))
+    if c_hi <= c_lo or r_hi <= r_lo:
+        return out
+    win = Window((col0 + c_lo) * factor, (row0 + r_lo) * factor, (c_hi - c_lo) * factor, (r_hi - r_lo) * factor)
+    shape = (len(bands), r_hi - r_lo, c_hi - c_lo)
+    if factor == 1.0 and float(col0).is_integer() and float(row0).is_integer():
+        arr = r.ds.read(bands, window=win)
+    else:
+        arr = r.ds.read(bands, window=win, out_shape=shape, resampling=resampling)
+    bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
+    a = arr.astype(np.float32)
+    a[:, bad] = np.nan
+    out[:, r_lo:r_hi, c_lo:c_hi] = a
+    return out
+
+
+def _lattice(n: int, step: int) -> np.ndarray:
+    pos = np.arange(0, n, step, dtype=np.float64)
+    if pos[-1] != n - 1:
+        pos = np.append(pos, n - 1)
+    return pos
+
+
+def _interp_axis(vals: np.ndarray, pos: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Linear interpolation of lattice values at positions `pos` along `axis` onto 0..n-1."""
+    x = np.arange(n, dtype=np.float64)
+    idx = np.clip(np.searchsorted(pos, x, side="right") - 1, 0, max(len(pos) - 2, 0))
+    if len(pos) == 1:
+        return np.repeat(vals, n, axis=axis)
+    t = (x - pos[idx]) / (pos[idx + 1] - pos[idx])
+    a = np.take(vals, idx, axis=axis)
+    b = np.take(vals, idx + 1, axis=axis)
+    shape = [1] * vals.ndim
+    shape[axis] = n
+    t = t.reshape(shape)
+    return a * (1 - t) + b * t
+
+
+PointMap = Callable[[np.ndarray, np.ndarray], tuple]
+
+
+def source_pixel_maps(grid_transform: Affine, col0: int, row0: int, w: int, h: int,
+                      point_map: PointMap | None, to_src_crs: PointMap, src_inv: Affine,
+                      step: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel of the target window: the source pixel coordinates (cv2 convention, integer =
+    pixel centre) of the ground point it shows. point_map maps target-CRS coordinates to the
+    coordinates where the source's georeference puts that point (None: identity)."""
+    pc = _lattice(w, step)
+    pr = _lattice(h, step)
+    cc, rr = np.meshgrid(pc + col0 + 0.5, pr + row0 + 0.5)
+    x, y = apply_affine(grid_transform, cc, rr)
+    if point_map is not None:
+        x, y = point_map(x, y)
+    x, y = to_src_crs(x, y)
+    sc, sr = apply_affine(src_inv, x, y)
+    maps = []
+    for v in (sc - 0.5, sr - 0.5):
+        v = _interp_axis(v, pc, w, axis=1)
+        v = _interp_axis(v, pr, h, axis=0)
+        maps.append(v)
+    return maps[0], maps[1]
+
+
+def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col0: int, row0: int,
+                    w: int, h: int, point_map: PointMap | None = None, bands=None,
+                    resampling: str = "bilinear", zero_is_nodata: bool = True,
+                    decimate: bool = True) -> np.ndarray:
+    """The moving raster resampled onto a window of a target grid: [bands, h, w], NaN = no data.
+
+    When the source is much finer than the target grid, the source window is read decimated
+    (average) first, so matching at a coarse grid neither aliases nor reads full resolution.
+    """
+    bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
+    mx, my = source_pixel_maps(grid_transform, col0, row0, w, h, point_map,
+                               crs_transformer(grid_crs, r.crs), ~r.transform)
+    out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
+    finite = np.isfinite(mx) & np.isfinite(my)
+    if not finite.any():
+        return out
+    k = 1
+    if decimate and w > 1 and h > 1:
+        dx = np.hypot(np.diff(mx, axis=1).mean(), np.diff(my, axis=1).mean())
+        dy = np.hypot(np.diff(mx, axis=0).mean(), np.diff(my, axis=0).mean())
+        k = max(1, int(math.floor(min(dx, dy) / 1.25)))
+    margin = 4
+    x0 = math.floor(np.nanmin(mx[finite]) / k) - margin
+    y0 = math.floor(np.nanmin(my[finite]) / k) - margin
+    x1 = math.ceil(np.nanmax(mx[finite]) / k) + margin
+    y1 = math.ceil(np.nanmax(my[finite]) / k) + margin
+    x0c, y0c = max(x0, 0), max(y0, 0)
+    x1c, y1c = min(x1, math.ceil(r.width / k)), min(y1, math.ceil(r.height / k))
+    if x1c <= x0c or y1c <= y0c:
+        return out
+    if (x1c - x0c) > 30000 or (y1c - y0c) > 30000:
+        raise BadInput("a window of the moving raster exceeds 30000 px; use a smaller --tile-size")
+    src = read_window(r, x0c, y0c, x1c - x0c, y1c - y0c, factor=float(k), bands=bands,
+                      zero_is_nodata=zero_is_nodata)
+    # map coordinates in the (possibly decimated) source window
+    fx = ((mx + 0.5) / k - 0.5 - x0c).astype(np.float32)
+    fy = ((my + 0.5) / k - 0.5 - y0c).astype(np.float32)
+    interp = CV2_INTERP[resampling]
+    for i in range(src.shape[0]):
+        out[i] = cv2.remap(src[i], fx, fy, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+    if interp in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
+        # higher-order kernels can smear NaN less strictly than bilinear: mask with bilinear validity
+        ok = cv2.remap(np.isfinite(src).all(0).astype(np.float32), fx, fy, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.999
+        out[:, ~ok] = np.nan
+    return out

@@ -1,0 +1,55 @@
+"""Tile grids over the overlap, at any pyramid level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Tile:
+    index: int
+    col0: int  # level-grid pixel coordinates (absolute, from the reference origin)
+    row0: int
+    size: int
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return self.col0 + self.size / 2.0, self.row0 + self.size / 2.0
+
+
+def _positions(lo: int, length: int, size: int, stride: int) -> list[int]:
+    if length <= size:
+        return [lo]
+    pos = list(range(lo, lo + length - size + 1, max(1, stride)))
+    if pos[-1] != lo + length - size:
+        pos.append(lo + length - size)
+    return pos
+
+
+def _thin(pos: list[int], n: int) -> list[int]:
+    if len(pos) <= n:
+        return pos
+    idx = np.round(np.linspace(0, len(pos) - 1, n)).astype(int)
+    return [pos[i] for i in sorted(set(idx))]
+
+
+def tile_grid(col0: int, row0: int, width: int, height: int, size: int, overlap: float,
+              max_tiles: int) -> list[Tile]:
+    """Square tiles of `size` (clipped to the window) with fractional `overlap`, evenly thinned to at
+    most `max_tiles` (tie points need spread, not density, for a global fit)."""
+    size = int(max(8, min(size, width, height)))
+    stride = max(1, int(round(size * (1.0 - overlap))))
+    xs = _positions(col0, width, size, stride)
+    ys = _positions(row0, height, size, stride)
+    if len(xs) * len(ys) > max_tiles:
+        aspect = len(xs) / len(ys)
+        ny = max(1, int(np.floor(np.sqrt(max_tiles / aspect))))
+        nx = max(1, max_tiles // ny)
+        xs, ys = _thin(xs, nx), _thin(ys, ny)
+    tiles = []
+    for y in ys:
+        for x in xs:
+            tiles.append(Tile(len(tiles), x, y, size))
+    return tiles
