@@ -120,6 +120,7 @@ def register(
     threshold: float = typer.Option(2.0, "--threshold", help="RANSAC inlier threshold, reference pixels."),
     max_tiles: int = typer.Option(400, "--max-tiles", help="At most this many tiles (evenly thinned)."),
     min_inliers: Optional[int] = typer.Option(None, "--min-inliers", help="Fail (exit 1) below this many inliers."),
+    model_selection: bool = typer.Option(True, "--model-selection/--no-model-selection", help="Fall back to a simpler model (translation/similarity) when the tie points do not support --model (BIC)."),
     resampling: Resampling = typer.Option(Resampling.bilinear, "--resampling", help="Resampling for the output."),
     grid: Grid = typer.Option(Grid.reference, "--grid", help="reference: warp onto the reference grid; moving: keep the moving grid, fix its georeference."),
     co: List[str] = typer.Option([], "--co", help="GDAL creation option NAME=VALUE (repeatable)."),
@@ -164,7 +165,7 @@ def register(
                           match_res=match_res, threshold=threshold, max_tiles=max_tiles, min_inliers=min_inliers,
                           optical_band=None if optical_band is None else optical_band - 1,
                           sar_domain=sar_domain.value, zero_is_nodata=zero_nodata,
-                          batch_size=int(opts.get("batch_size") or 16))
+                          batch_size=int(opts.get("batch_size") or 16), model_selection=model_selection)
         cfg = RegisterConfig(optical=str(optical), sar=str(sar), out=str(out),
                              gcp_out=str(gcp_out) if gcp_out else None, report=str(report) if report else None,
                              vrt_out=str(vrt_out) if vrt_out else None, tiles_out=str(tiles_out) if tiles_out else None,

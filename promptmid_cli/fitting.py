@@ -204,3 +204,44 @@ def spread_ok(src: np.ndarray, scale: float, min_extent_px: float = 8.0) -> bool
     c = (src - src.mean(axis=0)) / scale
     sv = np.linalg.svd(c, compute_uv=False)
     return sv[-1] / np.sqrt(len(src)) > min_extent_px and sv[-1] / sv[0] > 0.15
+
+
+def invert(g: Transform, x, y, iters: int = 30):
+    """Solve g(p) = (x, y) for p by fixed-point iteration (g is close to the identity)."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    px, py = x.copy(), y.copy()
+    for _ in range(iters):
+        gx, gy = g(px, py)
+        ex, ey = gx - x, gy - y
+        px, py = px - ex, py - ey
+        if max(np.abs(ex).max(initial=0), np.abs(ey).max(initial=0)) < 1e-9 * (1 + np.abs(x).max(initial=0)):
+            break
+    return px, py
+
+
+N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6}
+
+
+def select_model(src: np.ndarray, dst: np.ndarray, scale: float, max_kind: str,
+                 noise_floor_px: float = 0.3) -> tuple[str, dict]:
+    """The simplest of translation/similarity/affine (up to max_kind) the tie points support, by BIC
+    over the 2n residual coordinates. A noise floor keeps near-perfect synthetic data from turning
+    tiny numeric gains into 'significant' extra parameters."""
+    order = ["translation", "similarity", "affine"]
+    if max_kind not in order:
+        return max_kind, {}
+    origin = src.mean(axis=0)
+    p = (src - origin) / scale
+    q = (dst - origin) / scale
+    n2 = 2 * len(p)
+    bic = {}
+    for kind in order[: order.index(max_kind) + 1]:
+        if len(p) < MIN_POINTS[kind] + 1:
+            break
+        m, _, _ = _lsq(kind, p, q)
+        res = (np.c_[p, np.ones(len(p))] @ m.T)[:, :2] - q
+        rss = max(float((res ** 2).sum()), n2 * noise_floor_px ** 2 / 4)
+        bic[kind] = n2 * np.log(rss / n2) + N_PARAMS[kind] * np.log(n2)
+    best = min(bic, key=bic.get)
+    return best, {k: float(v) for k, v in bic.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,16 +19,19 @@ from affine import Affine
 
 from .descriptors.base import PatchPair
 from .errors import BadInput, RegistrationFailed
-from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, spread_ok
+from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, invert, select_model,
+                      spread_ok)
 from .imaging import detect_sar_domain, normalize01, to_intensity
 from .matching import find_peaks, masked_ncc, upsample_to
-from .raster import Raster, apply_affine, crs_transformer, footprint, read_window, resample_moving
+from .raster import Raster, apply_affine, footprint, read_window, resample_moving
+from .consensus import Surface, consensus_model, guided_peak
 from .tiling import Tile, tile_grid
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
+GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
 
 
 @dataclass
@@ -42,6 +45,7 @@ class MatchOptions:
     max_tiles: int = 400
     min_inliers: int | None = None
     min_score: float = 0.05
+    model_selection: bool = True
     optical_band: int | None = None  # 0-based
     sar_domain: str = "auto"
     zero_is_nodata: bool = True
@@ -100,6 +104,7 @@ class RegistrationResult:
     prompt_selector: dict | None = None
     model_requested: str = "affine"
     failure: str | None = None
+    model_selection: dict | None = None
 
 
 def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
@@ -156,6 +161,7 @@ class Matcher:
         self.warnings: list[str] = []
         self.levels: list[dict] = []
         self.tile_records: list[dict] = []
+        self.final_level = None
 
     # ---------------------------------------------------------------- patches
     def _ref_patch(self, c, col0, row0, w, h):
@@ -194,30 +200,32 @@ class Matcher:
         tm = torch.from_numpy(_erode(refm)[m:m + h, m:m + w])
         sm = torch.from_numpy(_erode(movm)[m:m + h + 2 * R, m:m + w + 2 * R])
         ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None])
-        peak = find_peaks(ncc, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
+        # rank by correlation times sqrt(overlap): a z-score-like significance, so a slightly higher
+        # NCC on a sliver of overlap at the edge of a large search range does not win
+        rank = torch.where(frac >= 0.3, ncc * frac.clamp(0, 1).sqrt(), torch.full_like(ncc, -1.0))
+        peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
         info = {"factor": c0 * s.f_match, "kind": "global", "radius_px": R, "grid": [w, h]}
         if peak is None:
             raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
         d = np.array([peak.dx - R, peak.dy - R])
-        info.update({"shift_level_px": d.tolist(), "score": peak.score, "distinct": peak.distinct})
+        info.update({"shift_level_px": d.tolist(), "rank": peak.score})
         T = s.level_transform(c0)
-        cx, cy = col0 + w / 2.0, row0 + h / 2.0
-        x0, y0 = apply_affine(T, cx, cy)
-        x1, y1 = apply_affine(T, cx + d[0], cy + d[1])
+        x0, y0 = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
+        x1, y1 = apply_affine(T, col0 + w / 2.0 + d[0], row0 + h / 2.0 + d[1])
         t = identity((float(x0), float(y0)), s.ref_res)
         t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]
-        info["shift_ref_px"] = [float((x1 - x0) / s.ref_res), float((y1 - y0) / s.ref_res)]
+        cx, cy = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
+        gx, gy = t(cx, cy)
+        info["shift_ref_px"] = [float((gx - cx) / s.ref_res), float((gy - cy) / s.ref_res)]
         self.levels.append(info)
         return t, info
 
     # ---------------------------------------------------------------- tile levels
-    def match_tiles(self, c: float, model: Transform, radius: int, tiles: list[Tile], final: bool,
-                    label: str) -> list[TieMatch]:
+    def correlate_tiles(self, c: float, model: Transform, R: int, tiles: list[Tile], label: str) -> list[Surface]:
+        """NCC surface (displacements within +-R of the model) for every usable tile at level c."""
         s = self.s
         m = DESC_MARGIN
-        R = int(radius)
-        T = s.level_transform(c)
-        out: list[TieMatch] = []
+        surfaces: list[Surface] = []
         jobs = []
         self.progress("start", label, len(tiles))
         for tile in tiles:
@@ -235,6 +243,7 @@ class Matcher:
             if self.selector is not None:
                 # same ground window for both images: the search window minus its radius
                 prompt_info = self.selector(ref_raw, mov_raw[:, R:R + n + 2 * m, R:R + n + 2 * m], s)
+                rec["prompt"] = prompt_info
             reason = None
             if inner.mean() < 0.5:
                 reason = "reference tile mostly nodata"
@@ -244,12 +253,9 @@ class Matcher:
                 reason = "too little structure"
             elif prompt_info is not None and prompt_info.get("featureless"):
                 reason = f"featureless land use ({prompt_info.get('class')})"
-            if prompt_info is not None:
-                rec["prompt"] = prompt_info
             if reason:
                 rec["skipped"] = reason
-                if final:
-                    self.tile_records.append(rec)
+                self.tile_records.append(rec)
                 self.progress("advance", label, 1)
                 continue
             pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
@@ -257,14 +263,14 @@ class Matcher:
                              prompt=prompt_info.get("prompt") if prompt_info else None)
             jobs.append((tile, pair, rec, _erode(refm), _erode(movm)))
             if len(jobs) >= self.opts.batch_size:
-                out += self._run_jobs(jobs, c, T, R, model, final, label)
+                surfaces += self._correlate(jobs, R, label)
                 jobs = []
         if jobs:
-            out += self._run_jobs(jobs, c, T, R, model, final, label)
+            surfaces += self._correlate(jobs, R, label)
         self.progress("stop", label, 0)
-        return out
+        return surfaces
 
-    def _run_jobs(self, jobs, c, T, R, model, final, label) -> list[TieMatch]:
+    def _correlate(self, jobs, R, label) -> list[Surface]:
         m = DESC_MARGIN
         descs = self.backend.describe_pairs([j[1] for j in jobs])
         n = jobs[0][0].size
@@ -274,40 +280,62 @@ class Matcher:
         tmask = torch.stack([torch.from_numpy(j[3][m:m + n, m:m + n]) for j in jobs])
         smask = torch.stack([torch.from_numpy(j[4][m:m + n + 2 * R, m:m + n + 2 * R]) for j in jobs])
         ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
-        peaks = find_peaks(ncc, frac, n, n, [(R, R)] * len(jobs), (R, R), min_overlap=0.6, exclude=3)
+        # displacement index i <-> d = i - (n-1); keep d in [0, 2R] (template inside the window)
+        ncc = ncc[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
+        frac = frac[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
+        ncc = torch.where(frac >= 0.6, ncc, torch.full_like(ncc, -1.0)).numpy()
         out = []
-        for (tile, pair, rec, _, _), pk in zip(jobs, peaks):
+        for (tile, _, rec, _, _), surf in zip(jobs, ncc):
             self.progress("advance", label, 1)
+            out.append(Surface(tile, tile.center, surf.astype(np.float32), rec))
+        return out
+
+    def tie_points(self, c: float, model: Transform, R: int, surfaces: list[Surface], kind: str,
+                   info: dict, consensus: bool = True, preds: np.ndarray | None = None,
+                   radius: float = None) -> list[TieMatch]:
+        """Consensus displacement field over the level, then each tile's guided peak as a tie point."""
+        s = self.s
+        T = s.level_transform(c)
+        for sf in surfaces:
+            self.tile_records.append(sf.rec)
+        if not surfaces:
+            return []
+        cen = np.array([sf.center for sf in surfaces], float)
+        ext = np.ptp(cen, axis=0).max() if len(cen) > 1 else 0.0
+        while kind != "translation" and (len(surfaces) < {"similarity": 4, "affine": 6}.get(kind, 6)
+                                         or not spread_ok(cen * s.ref_res * s.f_match * c, s.ref_res)):
+            kind = SIMPLER.get(kind, "translation")
+        kind = kind if kind in ("translation", "similarity", "affine") else "affine"
+        if preds is not None:
+            pred = preds
+        elif consensus:
+            pred, params, score = consensus_model(surfaces, R, kind, max(ext, 1.0))
+            info.update({"consensus": kind, "consensus_ncc": score})
+        else:  # the current model is already a whole-overlap estimate at this resolution
+            pred = np.zeros((len(surfaces), 2))
+        ties = []
+        for sf, d in zip(surfaces, pred):
+            pk = guided_peak(sf.surf, R, d, radius=radius or GUIDED_RADIUS)
+            rec = sf.rec
+            rec["consensus_shift_px"] = [float(d[0]), float(d[1])]
             if pk is None:
-                rec["skipped"] = "no valid displacement"
-                if final:
-                    self.tile_records.append(rec)
+                rec["skipped"] = "no valid displacement near the consensus"
                 continue
-            dx, dy = pk.dx - R, pk.dy - R
-            rec.update({"score": pk.score, "distinct": pk.distinct, "shift_px": [dx, dy]})
-            on_edge = max(abs(dx), abs(dy)) >= R - 0.5
-            if pk.score < self.opts.min_score or pk.distinct <= 0.0 or on_edge:
-                rec["skipped"] = "weak match" if not on_edge else "peak at the search-window edge"
-                if final:
-                    self.tile_records.append(rec)
+            dx, dy, v, local = pk
+            rec.update({"score": v, "shift_px": [dx, dy], "local_max": local})
+            if not local or v < self.opts.min_score:
+                rec["skipped"] = "no local NCC maximum near the consensus" if not local else "weak match"
                 continue
-            cx, cy = tile.center
+            cx, cy = sf.center
             xr, yr = apply_affine(T, cx, cy)
             xd, yd = apply_affine(T, cx + dx, cy + dy)
             xm, ym = model(xd, yd)
-            tie = TieMatch(c * self.s.f_match, tile.index, tile.col0, tile.row0, tile.size,
+            tie = TieMatch(c * s.f_match, sf.tile.index, sf.tile.col0, sf.tile.row0, sf.tile.size,
                            (float(xr), float(yr)), (float(xm), float(ym)), (float(dx), float(dy)),
-                           pk.score, pk.distinct, rec.get("prompt"))
-            rec["match"] = len(out)
-            if final:
-                self.tile_records.append(rec)
-            out.append((tie, rec))
-        return [t for t, _ in out] if not final else self._keep_records(out)
-
-    def _keep_records(self, pairs):
-        for i, (tie, rec) in enumerate(pairs):
+                           v, v - float(np.max(sf.surf)), rec.get("prompt"))
             tie._rec = rec  # type: ignore[attr-defined]
-        return [t for t, _ in pairs]
+            ties.append(tie)
+        return ties
 
     # ---------------------------------------------------------------- fitting per level
     def fit_level(self, ties: list[TieMatch], c: float, kind: str, threshold_px: float) -> FitResult | None:
@@ -317,11 +345,10 @@ class Matcher:
         dst = np.array([t.mov_xy for t in ties])
         while kind != "translation" and (len(ties) < MIN_POINTS[kind] + 2 or not spread_ok(src, self.s.ref_res)):
             kind = SIMPLER[kind]
-        fit = fit_transform(kind, src, dst, self.s.ref_res, threshold_px)
-        return fit
+        return fit_transform(kind, src, dst, self.s.ref_res, threshold_px)
 
     # ---------------------------------------------------------------- driver
-    def run(self) -> tuple[FitResult | None, list[TieMatch], str | None]:
+    def run(self) -> tuple[FitResult | None, list[TieMatch]]:
         s, o = self.s, self.opts
         col0, row0, W, H = s.level_window(1)
         c0 = 1
@@ -330,59 +357,66 @@ class Matcher:
         factors = [c0]
         while factors[-1] > 1:
             factors.append(max(1, factors[-1] // 4))
-        # a tile pass on the coarsest grid too: it turns the global shift into an affine estimate
-        # before the search windows shrink, so rotation/scale never has to fit in a radius
-        tile_levels = factors
         model, _ = self.global_translation(c0)
         model_is_translation = True
-        prev_c = c0
-        prev_rmse = None
-        final_ties: list[TieMatch] = []
-        passes = [(c, False) for c in tile_levels]
-        i = 0
-        while i < len(passes):
-            c, refine = passes[i]
+        prev_c, prev_rmse = c0, None
+        fit, final_ties = None, []
+        # a tile pass on the coarsest grid too: it turns the global shift into an affine estimate
+        # before the search windows shrink, so rotation/scale never has to fit in a radius
+        for c in factors:
             final = c == 1
             lc0, lr0, lw, lh = s.level_window(c)
-            half_diag = 0.5 * math.hypot(lw, lh)
             if model_is_translation:
-                R = 2.0 * prev_c / c + TRANSLATION_MISFIT * half_diag + 3
+                R = 2.0 * prev_c / c + TRANSLATION_MISFIT * 0.5 * math.hypot(lw, lh) + 3
             else:
                 R = 3.0 * prev_c / c + 3.0 * (prev_rmse or 1.0) / (s.f_match * c) + 3
             R = int(math.ceil(min(R, max(16, o.max_shift / (s.f_match * c)))))
             size = o.tile_size if final else min(o.tile_size, 128)
             size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
             tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64)
-            label = f"matching x{c * s.f_match:g}" + (" (refine)" if refine else "")
-            if final:
-                self.tile_records = []
-            ties = self.match_tiles(c, model, R, tiles, final, label)
+            label = f"matching x{c * s.f_match:g}"
+            self.tile_records = []
+            surfaces = self.correlate_tiles(c, model, R, tiles, label)
+            info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size, "radius_px": R}
             kind = o.model if final else "affine"
-            thr = max(o.threshold, 1.5 * s.f_match * c)
-            fit = self.fit_level(ties, c, kind, thr)
-            info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size,
-                    "radius_px": R, "matches": len(ties), "refine": refine}
-            if fit is not None and fit.inliers.sum() >= 2:
-                info.update({"fit": fit.kind, "inliers": int(fit.inliers.sum()), "rmse_ref_px": fit.rmse})
-                self.levels.append(info)
-                if final:
-                    final_ties = ties
-                    self._final_fit = fit
-                # refine the last level once when it started from a translation-only guess
-                if final and model_is_translation and not refine and fit.kind != "translation":
-                    passes.append((1, True))
-                model = fit.transform
-                model_is_translation = fit.kind == "translation"
-                prev_rmse = fit.rmse
+            model_in = model
+            ties = self.tie_points(c, model, R, surfaces, kind, info, consensus=True)
+            lfit = self.fit_level(ties, c, kind, max(o.threshold, 1.5 * s.f_match * c))
+            info["matches"] = len(ties)
+            if lfit is not None and lfit.inliers.sum() >= 2:
+                info.update({"fit": lfit.kind, "inliers": int(lfit.inliers.sum()), "rmse_ref_px": lfit.rmse})
+                model = lfit.transform
+                model_is_translation = lfit.kind == "translation"
+                prev_rmse = lfit.rmse
             else:
-                self.levels.append(info)
                 self.warnings.append(f"level x{c * s.f_match:g}: too few matches ({len(ties)}), kept the previous estimate")
-                if final:
-                    final_ties = ties
-                    self._final_fit = fit
+            self.levels.append(info)
             prev_c = c
-            i += 1
-        return getattr(self, "_final_fit", None), final_ties, None
+            if final:
+                fit, final_ties = lfit, ties
+                self.final_level = (c, model_in, R, surfaces)
+        return fit, final_ties
+
+    def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
+        """Guided re-measurement of the final tiles around the chosen model: each tile's own NCC
+        peak within `radius` px of where g predicts it (the surfaces are already computed)."""
+        c, model_in, R, surfaces = self.final_level
+        s = self.s
+        T = s.level_transform(c)
+        inv = ~T
+        preds = []
+        for sf in surfaces:
+            x, y = apply_affine(T, *sf.center)
+            gx, gy = g(x, y)  # where the moving georeference puts this ground point
+            ux, uy = invert(model_in, gx, gy)  # level-grid point the resampled patch shows it at
+            px, py = apply_affine(inv, ux, uy)
+            preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
+        info: dict = {}
+        for sf, d in zip(surfaces, preds):
+            sf.rec.pop("skipped", None)
+        self.tile_records = []
+        return self.tie_points(c, model_in, R, surfaces, "translation", info, consensus=False,
+                               preds=np.array(preds), radius=radius)
 
 
 def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
@@ -428,9 +462,29 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
     t0 = time.perf_counter()
     m = Matcher(scene, backend, opts, selector=selector, progress=progress)
-    fit, ties, _ = m.run()
+    fit, ties = m.run()
     t1 = time.perf_counter()
     final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
+    selection = None
+    if final is not None and opts.model_selection and final.kind in ("similarity", "affine"):
+        src = np.array([t.ref_xy for t in ties])[final.inliers]
+        dst = np.array([t.mov_xy for t in ties])[final.inliers]
+        kind, bic = select_model(src, dst, scene.ref_res, final.kind)
+        selection = {"requested": final.kind, "selected": kind, "bic": bic}
+        if kind != final.kind:
+            warns.append(f"the tie points do not support a {final.kind} model over a {kind} (BIC); "
+                         f"using {kind} (--no-model-selection keeps {final.kind})")
+            final = fit_transform(kind, np.array([t.ref_xy for t in ties]), np.array([t.mov_xy for t in ties]),
+                                  scene.ref_res, opts.threshold)
+    if final is not None and m.final_level is not None and final.kind != "tps":
+        # guided re-measurement: every tile's own peak near the final model, then the final fit
+        ties2 = m.remeasure(final.transform, radius=1.0)
+        if len(ties2) >= 2:
+            f2 = fit_transform(final.kind, np.array([t.ref_xy for t in ties2]), np.array([t.mov_xy for t in ties2]),
+                               scene.ref_res, opts.threshold)
+            f2, _, _ = decide(f2, ties2, final.kind, opts.min_inliers, scene.ref_res, opts.threshold)
+            if f2 is not None and f2.kind == final.kind:
+                final, ties = f2, ties2
     if final is not None:
         for t, inl in zip(ties, final.inliers):
             rec = getattr(t, "_rec", None)
@@ -441,4 +495,5 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
               "inliers": int(final.inliers.sum()) if final is not None else 0}
     return RegistrationResult(scene=scene, fit=final, ties=ties, levels=m.levels, tiles=m.tile_records,
                               warnings=m.warnings + warns, timings={"matching_s": t1 - t0}, counts=counts,
-                              descriptor=backend.settings(), model_requested=opts.model, failure=failure)
+                              descriptor=backend.settings(), model_requested=opts.model, failure=failure,
+                              model_selection=selection)

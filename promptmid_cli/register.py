@@ -6,7 +6,6 @@ subclasses that carry the exit code.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -165,6 +164,7 @@ def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timi
         "prompt_selector": res.prompt_selector,
         "model": fit.transform.describe() if fit is not None else None,
         "model_requested": res.model_requested,
+        "model_selection": res.model_selection,
         "counts": res.counts,
         "rmse_ref_px": fit.rmse if fit is not None else None,
         "levels": res.levels,

@@ -190,3 +190,56 @@ def checkpoint_rmse(points_path: str, truth: Affine, ref_transform: Affine, shap
     err = np.hypot(pred[:, 0] - tx, pred[:, 1] - ty)
     res = math.sqrt(abs(ref_transform.a * ref_transform.e - ref_transform.b * ref_transform.d))
     return float(np.sqrt((err ** 2).mean()) / res)
+
+
+def db_to_format(db: np.ndarray, sar_format: str):
+    """Store a dB image the way SAR products come: returns (array, dtype, nodata)."""
+    if sar_format == "float32_db":
+        return db.astype(np.float32), "float32", float("nan")
+    power = 10 ** (db / 10.0)
+    if sar_format == "float32_power":
+        return power.astype(np.float32), "float32", None
+    if sar_format == "float32_amplitude":
+        return np.sqrt(power).astype(np.float32), "float32", None
+    if sar_format == "uint16_power":
+        return np.clip(power * 20000, 1, 65535).astype(np.uint16), "uint16", 0
+    if sar_format == "uint8":
+        return np.clip((db + 30) / 35 * 254 + 1, 1, 255).astype(np.uint8), "uint8", 0
+    raise ValueError(sar_format)
+
+
+def write_case(out_dir, optical: np.ndarray, sar_db: np.ndarray, res: float, err_px=(10.0, -5.0),
+               rot_deg: float = 0.0, scale: float = 1.0, sar_format: str = "float32_db",
+               ref_rotation_deg: float = 0.0, crs: str = "EPSG:32633", sar_window=None,
+               nan_rows: int = 0) -> SyntheticPair:
+    """A registration case from a co-registered real pair (same pixel grid): the optical gets a
+    georeference, the SAR (optionally cropped to sar_window=(col0,row0,w,h)) the same grid composed
+    with a known map-space error about the optical centre."""
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    h, w = optical.shape[-2:]
+    ref_t = Affine.translation(400000.0, 5000000.0) * Affine.rotation(ref_rotation_deg) * Affine.scale(res, -res)
+    center = ref_t * (w / 2, h / 2)
+    # err_px is in reference pixel axes: turn it into map units along the (possibly rotated) grid
+    ex, ey = ref_t * (err_px[0], err_px[1])
+    ox, oy = ref_t * (0, 0)
+    err = error_affine(ex - ox, ey - oy, rot_deg, scale, center)
+    c0, r0, sw, sh = sar_window or (0, 0, w, h)
+    sar_true = ref_t * Affine.translation(c0, r0)
+    data, dtype, nodata = db_to_format(sar_db[r0:r0 + sh, c0:c0 + sw], sar_format)
+    if nan_rows:
+        if dtype == "float32" and nodata is not None:
+            data[:nan_rows] = np.nan
+        elif nodata is not None:
+            data[:nan_rows] = nodata
+    opt = optical if optical.ndim == 3 else optical[None]
+    opt_path = os.path.join(out_dir, "optical.tif")
+    sar_path = os.path.join(out_dir, "sar.tif")
+    with rasterio.open(opt_path, "w", driver="GTiff", width=w, height=h, count=opt.shape[0], dtype=opt.dtype,
+                       crs=crs, transform=ref_t) as dst:
+        dst.write(opt)
+    with rasterio.open(sar_path, "w", driver="GTiff", width=sw, height=sh, count=1, dtype=dtype, crs=crs,
+                       transform=err * sar_true, nodata=nodata) as dst:
+        dst.write(data[None])
+    return SyntheticPair(opt_path, sar_path, err, ref_t, (h, w), crs)

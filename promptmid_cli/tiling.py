@@ -20,12 +20,11 @@ class Tile:
 
 
 def _positions(lo: int, length: int, size: int, stride: int) -> list[int]:
+    """Evenly spread tile origins covering [lo, lo+length) with spacing <= stride."""
     if length <= size:
         return [lo]
-    pos = list(range(lo, lo + length - size + 1, max(1, stride)))
-    if pos[-1] != lo + length - size:
-        pos.append(lo + length - size)
-    return pos
+    n = int(np.ceil((length - size) / max(1, stride))) + 1
+    return sorted({int(round(v)) for v in np.linspace(lo, lo + length - size, n)})
 
 
 def _thin(pos: list[int], n: int) -> list[int]:

@@ -1,0 +1,199 @@
+"""`promptmid batch`: a manifest of pairs on a real dask.distributed cluster (two worker processes,
+loopback only, no dashboard), failures recorded per pair, summary files, reruns skip finished pairs."""
+
+import csv
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import rasterio  # noqa: E402
+from affine import Affine  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from promptmid_cli.batch import ManifestError, config_from_options, read_manifest  # noqa: E402
+from promptmid_cli.cli import app  # noqa: E402
+from promptmid_cli.errors import BadInput  # noqa: E402
+from promptmid_cli.synthetic import checkpoint_rmse, make_pair  # noqa: E402
+
+FAST = "--max-tiles 9 --prompt-mode stats --descriptor builtin"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    a = make_pair(str(root / "a"), size=176, shift_px=(4.2, -3.1), seed=1)
+    b = make_pair(str(root / "b"), size=176, shift_px=(-2.5, 5.0), seed=2)
+    far = make_pair(str(root / "far"), size=176, seed=3)
+    with rasterio.open(far.sar, "r+") as ds:  # the SAR 200 km east: no overlap
+        ds.transform = Affine.translation(200000.0, 0.0) * ds.transform
+    return root, {"a": a, "b": b}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """An existing cluster for --scheduler runs (its workers stay warm between runs)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from promptmid_cli.batch import WORKER_ENV
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                     silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+    yield c.scheduler_address
+    c.close()
+
+
+def _manifest(root, rows):
+    p = root / "pairs.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["optical", "sar", "output", "options"])
+        w.writerows(rows)
+    return p
+
+
+def _summary(out):
+    with open(out / "summary.csv", newline="") as f:
+        rows = {int(r["row"]): r for r in csv.DictReader(f)}
+    return rows, json.loads((out / "summary.json").read_text())
+
+
+def test_batch_on_local_cluster_then_rerun(data, cluster, tmp_path):
+    root, truth = data
+    man = _manifest(root, [
+        ["a/optical.tif", "a/sar.tif", "", FAST],  # default output name: optical.tif in out-dir
+        ["b/optical.tif", "b/sar.tif", "sub/b.tif", f"--model similarity --tile-size 128 {FAST}"],
+        ["far/optical.tif", "far/sar.tif", "far.tif", FAST],  # does not overlap: exit 2 for this pair
+        ["a/optical.tif", "missing/sar.tif", "missing.tif", ""],  # missing input
+        ["a/optical.tif", "b/sar.tif", "badopt.tif", "--model nonsense"],  # invalid options: this row only
+    ])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(out), "--workers", "2", "-q"])
+    assert res.exit_code == 1, res.output
+    rows, js = _summary(out)
+    assert [rows[i]["status"] for i in range(1, 6)] == ["registered", "registered", "error", "error", "error"]
+    assert [rows[i]["exit_code"] for i in range(1, 6)] == ["0", "0", "2", "2", "2"]
+    assert "do not overlap" in rows[3]["message"]
+    assert "not found" in rows[4]["message"] and "missing/sar.tif" in rows[4]["message"]
+    assert "--model" in rows[5]["message"]
+    assert js["counts"] == {"registered": 2, "skipped": 0, "failed": 0, "error": 3} and js["exit_code"] == 1
+    # the per-pair options reached the pair (and only that pair)
+    rep_a = json.loads((out / "optical.json").read_text())
+    rep_b = json.loads((out / "sub" / "b.json").read_text())
+    assert rep_a["model_requested"] == "affine" and rep_b["model_requested"] == "similarity"
+    assert rep_b["settings"]["tile_size"] == 128 and rep_a["settings"]["tile_size"] == 256
+    for name, raster, row in (("a", out / "optical.tif", rows[1]), ("b", out / "sub" / "b.tif", rows[2])):
+        for p in (raster, raster.with_suffix(".points"), raster.with_suffix(".json"), raster.with_suffix(".gcps.vrt")):
+            assert p.is_file(), p
+        assert row["output"] == str(raster) and row["points"] == str(raster.with_suffix(".points"))
+        assert int(row["inliers"]) >= 4 and float(row["rmse_ref_px"]) < 1.0 and float(row["seconds"]) > 0
+        t = truth[name]
+        assert checkpoint_rmse(str(raster.with_suffix(".points")), t.truth, t.ref_transform, t.ref_shape) < 0.5
+    assert not (out / "far.tif").exists() and not (out / "missing.tif").exists()
+    # every pair that ran did so on a worker process listening on loopback only
+    ran = [p for p in js["pairs"] if p["row"] in (1, 2, 3)]
+    assert all(p["worker"].startswith("tcp://127.0.0.1:") for p in ran), ran
+    assert all(p["pid"] != os.getpid() for p in ran)
+
+    # rerun: the finished pair a is not touched, b (its .points removed) runs again, failures retried
+    before = {p: os.stat(p).st_mtime_ns for p in (out / "optical.tif", out / "optical.json", out / "optical.points")}
+    (out / "sub" / "b.points").unlink()
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(out), "--scheduler", cluster, "-q"])
+    assert res.exit_code == 1, res.output
+    rows, js = _summary(out)
+    assert [rows[i]["status"] for i in range(1, 6)] == ["skipped", "registered", "error", "error", "error"]
+    assert rows[1]["exit_code"] == "0" and float(rows[1]["seconds"]) == 0.0 and rows[1]["inliers"] != ""
+    assert {p: os.stat(p).st_mtime_ns for p in before} == before
+    assert (out / "sub" / "b.points").is_file()
+    assert js["pairs"][0].get("worker") is None  # no task was sent for it
+    assert js["scheduler"] == cluster and js["pairs"][1]["worker"].startswith("tcp://127.0.0.1:")
+
+
+def test_all_good_exits_0_and_overwrite_reruns(data, cluster, tmp_path):
+    root, _ = data
+    out = tmp_path / "out"
+    out.mkdir()
+    man = tmp_path / "m.csv"  # absolute paths; no output/options columns
+    man.write_text(f"optical,sar\n{root / 'a' / 'optical.tif'},{root / 'a' / 'sar.tif'}\n")
+    (out / "optical.json").write_text('{"status": "failed"}')  # leftover of a failed attempt: retried
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(out), "--scheduler", cluster, "-q"])
+    assert res.exit_code == 0, res.output
+    rows, js = _summary(out)
+    assert rows[1]["status"] == "registered" and js["exit_code"] == 0
+    m0 = os.stat(out / "optical.tif").st_mtime_ns
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(out), "--scheduler", cluster, "-q",
+                                   "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert _summary(out)[0][1]["status"] == "registered"
+    assert os.stat(out / "optical.tif").st_mtime_ns != m0
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "manifest not found"),
+    ("", "is empty"),
+    ("optical,output\nx.tif,y.tif\n", "lacks the column(s) sar"),
+    ("optical,sar\n", "no pairs"),
+    ('optical,sar\n"a.tif,b.tif\n', "not a valid CSV"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "cannot read manifest"),
+])
+def test_bad_manifest_exit_2_one_line(tmp_path, content, needle):
+    man = tmp_path / "m.csv"
+    if isinstance(content, bytes):
+        man.write_bytes(content)
+    elif content is not None:
+        man.write_text(content)
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("promptmid: error: ") and needle in lines[0], res.output
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_unreachable_scheduler_exit_2(tmp_path, data, monkeypatch):
+    monkeypatch.setattr("promptmid_cli.batch.CONNECT_TIMEOUT", "1s")
+    root, _ = data
+    man = tmp_path / "m.csv"
+    man.write_text(f"optical,sar\n{root / 'a' / 'optical.tif'},{root / 'a' / 'sar.tif'}\n")
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(tmp_path / "o"), "-q",
+                                   "--scheduler", "tcp://127.0.0.1:9"])
+    assert res.exit_code == 2 and "cannot connect to the Dask scheduler" in res.output, res.output
+
+
+def test_duplicate_outputs_is_a_bad_manifest(tmp_path):
+    man = tmp_path / "m.csv"
+    man.write_text("optical,sar,output\na.tif,b.tif,x.tif\nc.tif,d.tif,x.tif\n")
+    res = CliRunner().invoke(app, ["batch", str(man), "--out-dir", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 2 and "same output" in res.output
+
+
+def test_read_manifest_resolves_columns(tmp_path):
+    man = tmp_path / "m.csv"
+    man.write_text("# comment\n Optical , SAR ,id\n o.tif , s.tif ,7\n\n")
+    assert read_manifest(str(man)) == [{"optical": "o.tif", "sar": "s.tif", "id": "7"}]
+    man.write_text("optical,sar\na,b,c\n")
+    with pytest.raises(ManifestError):
+        read_manifest(str(man))
+
+
+def test_row_options_use_the_register_parser(tmp_path):
+    md, od = tmp_path / "m", tmp_path / "o"
+    md.mkdir()
+    (md / "cfg.yaml").write_text("device: cpu\n")
+    cfg = config_from_options("--model similarity --tile-size 128 --co COMPRESS=LZW --optical-band 2 "
+                              "--moving optical --gcp-out g.points --config cfg.yaml --no-zero-nodata",
+                              "o.tif", "s.tif", str(od / "x.tif"), md, od)
+    assert (cfg.match.model, cfg.match.tile_size, cfg.co, cfg.match.optical_band, cfg.moving) == \
+        ("similarity", 128, ["COMPRESS=LZW"], 1, "optical")
+    assert cfg.gcp_out == str(od / "g.points") and cfg.descriptor_options == {"device": "cpu"}
+    assert cfg.match.zero_is_nodata is False and cfg.overwrite is False
+    default = config_from_options("", "o.tif", "s.tif", "x.tif", md, od)
+    assert (default.match.model, default.match.tile_size, default.co) == ("affine", 256, [])
+    for bad, needle in (("-o y.tif", "output"), ("--tile-size abc", "--tile-size"), ("--bogus", "--bogus"),
+                        ("--prompt 'unclosed", "quotation"), ("extra.tif", "unexpected"), ("--help", "--help"),
+                        ("--config nothere.yaml", "cannot read")):
+        with pytest.raises(BadInput, match=needle.replace("-", r"\-")):
+            config_from_options(bad, "o.tif", "s.tif", "x.tif", md, od)

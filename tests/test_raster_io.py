@@ -1,0 +1,285 @@
+"""Unit tests of the raster access (promptmid_cli.raster) and radiometry (promptmid_cli.imaging)."""
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from scipy.ndimage import map_coordinates
+
+from promptmid_cli.errors import BadInput
+from promptmid_cli.imaging import detect_sar_domain, normalize01, to_intensity
+from promptmid_cli.raster import invalid_mask, open_raster, read_window, resample_moving
+
+T0 = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+
+
+def _write(path, arr, transform=T0, crs="EPSG:32633", nodata=None):
+    arr = arr if arr.ndim == 3 else arr[None]
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
+                       dtype=arr.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(arr)
+    return str(path)
+
+
+def _smooth(h, w, seed=0):
+    """A smooth, non-separable test image (bilinear interpolation error stays tiny)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.uniform(0.03, 0.08, 3)
+    return (100 + 20 * np.sin(a * xx + 0.3) * np.cos(b * yy) + 10 * np.sin(c * (xx + yy))).astype(np.float32)
+
+
+@pytest.fixture()
+def opened():
+    rs = []
+
+    def _open(path, role="test"):
+        r = open_raster(path, role)
+        rs.append(r)
+        return r
+
+    yield _open
+    for r in rs:
+        r.close()
+
+
+# ---------------------------------------------------------------------------------- read_window
+def test_read_window_matches_direct_read(tmp_path, opened):
+    img = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50) + 1
+    r = opened(_write(tmp_path / "a.tif", img))
+    w = read_window(r, 7, 5, 20, 10)
+    assert w.dtype == np.float32 and w.shape == (3, 10, 20)
+    assert np.array_equal(w, img[:, 5:15, 7:27].astype(np.float32))
+    w2 = read_window(r, 7, 5, 20, 10, bands=[2])
+    assert np.array_equal(w2[0], img[1, 5:15, 7:27])
+
+
+def test_read_window_out_of_bounds_is_nan(tmp_path, opened):
+    img = (np.arange(40 * 50, dtype=np.float32).reshape(40, 50) + 1)
+    r = opened(_write(tmp_path / "a.tif", img))
+    w = read_window(r, -5, -3, 20, 10)[0]
+    assert np.isnan(w[:3]).all() and np.isnan(w[:, :5]).all()
+    assert np.array_equal(w[3:, 5:], img[0:7, 0:15])
+    w = read_window(r, 40, 35, 20, 10)[0]  # past the right/bottom edges
+    assert np.array_equal(w[:5, :10], img[35:40, 40:50])
+    assert np.isnan(w[5:]).all() and np.isnan(w[:, 10:]).all()
+    assert np.isnan(read_window(r, 100, 100, 8, 8)).all()  # entirely outside
+    assert np.isnan(read_window(r, -30, 0, 8, 8)).all()
+
+
+def test_read_window_decimated_is_block_average(tmp_path, opened):
+    rng = np.random.default_rng(1)
+    img = rng.uniform(1, 1000, (64, 64)).astype(np.float32)
+    r = opened(_write(tmp_path / "a.tif", img))
+    w = read_window(r, 4, 2, 16, 12, factor=2.0)[0]  # source pixels (8, 4) .. (40, 28)
+    want = img[4:28, 8:40].reshape(12, 2, 16, 2).mean(axis=(1, 3))
+    assert np.allclose(w, want, rtol=1e-5)
+    w4 = read_window(r, 0, 0, 16, 16, factor=4.0)[0]
+    assert np.allclose(w4, img.reshape(16, 4, 16, 4).mean(axis=(1, 3)), rtol=1e-5)
+    # decimated read past the edge: NaN where no source pixels are
+    w = read_window(r, 28, 0, 8, 4, factor=2.0)[0]
+    assert np.isfinite(w[:, :4]).all() and np.isnan(w[:, 4:]).all()
+
+
+def test_read_window_masks(tmp_path, opened):
+    img = np.full((2, 6, 6), 7, np.uint16)
+    img[:, 0, 0] = 0  # all-zero pixel
+    img[0, 1, 1] = 0  # zero in one band only: valid
+    img[:, 2, 2] = 9  # the declared nodata value (in any band)
+    r = opened(_write(tmp_path / "nd.tif", img, nodata=9))
+    w = read_window(r, 0, 0, 6, 6)
+    assert np.isnan(w[:, 2, 2]).all()
+    assert np.isfinite(w[:, 0, 0]).all()  # a nodata value is declared: zero is data
+    r0 = opened(_write(tmp_path / "nond.tif", img))
+    w = read_window(r0, 0, 0, 6, 6)
+    assert np.isnan(w[:, 0, 0]).all() and np.isfinite(w[:, 1, 1]).all() and np.isfinite(w[:, 2, 2]).all()
+    w = read_window(r0, 0, 0, 6, 6, zero_is_nodata=False)
+    assert np.isfinite(w).all()
+    f = np.full((5, 5), -12.5, np.float32)
+    f[1, 3] = np.nan
+    f[4, 4] = -40.0
+    rf = opened(_write(tmp_path / "f.tif", f, nodata=float("nan")))
+    w = read_window(rf, 0, 0, 5, 5)[0]
+    assert np.isnan(w[1, 3]) and np.isfinite(w).sum() == 24 and w[4, 4] == -40.0
+
+
+def test_invalid_mask():
+    a = np.ones((2, 3, 3), np.float32)
+    a[0, 0, 0] = np.nan
+    a[1, 1, 1] = -99
+    a[:, 2, 2] = 0
+    assert invalid_mask(a, -99, True).tolist() == [[True, False, False], [False, True, False],
+                                                   [False, False, False]]
+    assert invalid_mask(a, None, True)[2, 2] and not invalid_mask(a, None, False)[2, 2]
+    assert invalid_mask(a, None, False).sum() == 1
+
+
+# ------------------------------------------------------------------------------ resample_moving
+def _direct(img, src_t, grid_t, c0, r0, w, h, point_map=None):
+    """Reference: bilinear sample of img at the source pixel under each target pixel centre."""
+    cc, rr = np.meshgrid(np.arange(w) + c0 + 0.5, np.arange(h) + r0 + 0.5)
+    x, y = grid_t * (cc, rr)
+    if point_map is not None:
+        x, y = point_map(x, y)
+    sc, sr = ~src_t * (x, y)
+    return map_coordinates(img.astype(np.float64), [sr - 0.5, sc - 0.5], order=1, mode="constant", cval=np.nan)
+
+
+@pytest.mark.parametrize("case", ["subpixel-shift", "rotated-grid", "point-map"])
+def test_resample_moving_matches_direct_computation(tmp_path, opened, case):
+    img = _smooth(120, 140)
+    src_t = Affine(10.0, 0.0, 500003.7, 0.0, -10.0, 5000002.1)
+    r = opened(_write(tmp_path / "m.tif", img, src_t))
+    grid_t, pm = T0, None
+    if case == "rotated-grid":
+        grid_t = Affine.translation(500200.0, 4999800.0) * Affine.rotation(7.0) * Affine.scale(8.0, -8.0)
+    if case == "point-map":
+        g = Affine.translation(500400, 4999500) * Affine.rotation(1.2) * Affine.scale(1.01) * \
+            Affine.translation(-500400, -4999500) * Affine.translation(23.4, -17.9)
+        pm = lambda x, y: g * (x, y)  # noqa: E731
+    got = resample_moving(r, grid_t, r.crs, 20, 15, 70, 60, point_map=pm)[0]
+    want = _direct(img, src_t, grid_t, 20, 15, 70, 60, pm)
+    ok = np.isfinite(want)
+    assert ok.mean() > 0.9
+    assert np.isfinite(got[ok]).mean() > 0.99
+    both = ok & np.isfinite(got)
+    assert np.max(np.abs(got[both] - want[both])) < 0.05  # values span ~60: bilinear agreement
+
+
+def test_resample_moving_outside_is_nan(tmp_path, opened):
+    img = _smooth(50, 50)
+    r = opened(_write(tmp_path / "m.tif", img))
+    got = resample_moving(r, T0, r.crs, 30, 30, 40, 40)[0]  # the window hangs over the bottom-right edge
+    assert np.isfinite(got[:15, :15]).all()
+    assert np.isnan(got[25:, :]).all() and np.isnan(got[:, 25:]).all()
+    assert np.isnan(resample_moving(r, T0, r.crs, 500, 500, 10, 10)).all()
+    # nodata inside the source becomes NaN in the output, not a blend with the fill value
+    img2 = img.copy()
+    img2[20:30, 20:30] = np.nan
+    r2 = opened(_write(tmp_path / "m2.tif", img2, nodata=float("nan")))
+    got = resample_moving(r2, T0, r2.crs, 0, 0, 50, 50)[0]
+    assert np.isnan(got[21:29, 21:29]).all()
+    assert np.isfinite(got[:15, :15]).all()
+    assert np.nanmin(got) > 50  # no zeros smeared in
+
+
+def test_resample_moving_across_crs(tmp_path, opened):
+    """A UTM grid sampled from a geographic raster: same values as the direct computation."""
+    from pyproj import Transformer
+
+    img = _smooth(100, 100, seed=3)
+    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    lon0, lat0 = to_ll.transform(500000.0, 5000000.0)
+    src_t = Affine(1.3e-4, 0.0, lon0 - 0.001, 0.0, -0.9e-4, lat0 + 0.001)
+    r = opened(_write(tmp_path / "ll.tif", img, src_t, crs="EPSG:4326"))
+    got = resample_moving(r, T0, open_raster(_write(tmp_path / "g.tif", img, T0), "g").crs, 10, 10, 60, 60)[0]
+    cc, rr = np.meshgrid(np.arange(60) + 10.5, np.arange(60) + 10.5)
+    x, y = T0 * (cc, rr)
+    lon, lat = to_ll.transform(x, y)
+    sc, sr = ~src_t * (lon, lat)
+    want = map_coordinates(img.astype(np.float64), [sr - 0.5, sc - 0.5], order=1, mode="constant", cval=np.nan)
+    both = np.isfinite(want) & np.isfinite(got)
+    assert both.mean() > 0.9
+    assert np.max(np.abs(got[both] - want[both])) < 0.1
+
+
+def test_resample_moving_decimates_fine_sources(tmp_path, opened):
+    """A 1 m source onto a 10 m grid: each output pixel is close to the 10x10 block mean."""
+    rng = np.random.default_rng(2)
+    img = (_smooth(400, 400, seed=5) + rng.normal(0, 5, (400, 400))).astype(np.float32)
+    src_t = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5000000.0)
+    r = opened(_write(tmp_path / "fine.tif", img, src_t))
+    got = resample_moving(r, T0, r.crs, 5, 5, 30, 30)[0]
+    blocks = img[50:350, 50:350].reshape(30, 10, 30, 10).mean(axis=(1, 3))
+    assert np.isfinite(got).all()
+    # white noise (sigma 5) would survive point sampling; block averaging removes most of it
+    assert np.abs(got - blocks).mean() < 1.0
+    assert np.std(got - blocks) < 1.0
+
+
+# --------------------------------------------------------------------------------- open_raster
+def test_open_raster_errors(tmp_path):
+    with pytest.raises(BadInput):
+        open_raster(str(tmp_path / "missing.tif"), "SAR")
+    p = tmp_path / "junk.tif"
+    p.write_text("not a raster")
+    with pytest.raises(BadInput) as e:
+        open_raster(str(p), "optical")
+    assert "optical" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_open_raster_without_georeference_uses_pixel_frame(tmp_path):
+    import warnings
+
+    p = tmp_path / "plain.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(p, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8") as dst:
+            dst.write(np.ones((1, 6, 8), np.uint8))
+        r = open_raster(str(p), "x")
+    try:
+        assert not r.georeferenced and r.crs is None
+        assert tuple(r.transform)[:6] == (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # QGIS: x = pixel, y = -line
+    finally:
+        r.close()
+
+
+def test_raster_res_with_rotated_geotransform(tmp_path, opened):
+    t = Affine.translation(500000, 5000000) * Affine.rotation(30) * Affine.scale(2.5, -2.5)
+    r = opened(_write(tmp_path / "rot.tif", np.ones((10, 10), np.float32), t))
+    assert r.res == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------------------------- imaging
+def _sar_raster(tmp_path, opened, data, nodata=None, name="s.tif"):
+    return opened(_write(tmp_path / name, data, nodata=nodata))
+
+
+def test_detect_sar_domain(tmp_path, opened):
+    rng = np.random.default_rng(0)
+    power = rng.gamma(4, 0.25, (300, 300)).astype(np.float32) * 0.05
+    db = (10 * np.log10(power)).astype(np.float32)
+    db[:10] = np.nan
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, db, float("nan"), "db.tif")) == "db"
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, power, None, "p.tif")) == "linear"
+    amp = np.sqrt(power)
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, amp, None, "a.tif")) == "linear"
+    u16 = np.clip(power * 20000, 1, 65535).astype(np.uint16)
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, u16, 0, "u16.tif")) == "linear"
+    u8 = np.clip((db + 30) / 35 * 254 + 1, 1, 255)
+    u8 = np.nan_to_num(u8).astype(np.uint8)
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, u8, 0, "u8.tif")) == "display"
+    # dB images that are mostly positive (bright urban, calibrated gamma0 > 0 dB) are rare; a dB
+    # image with a few positive values is still dB
+    db2 = db.copy()
+    db2[:50] += 15
+    assert detect_sar_domain(_sar_raster(tmp_path, opened, db2, float("nan"), "db2.tif")) == "db"
+
+
+def test_to_intensity():
+    power = np.array([[[0.01, 0.1], [1.0, 0.0]]], np.float32)
+    out = to_intensity(power, "sar", "linear")
+    assert np.allclose(out[0], [-20.0, -10.0]) and out[1, 0] == pytest.approx(0.0)
+    assert np.isnan(out[1, 1])  # zero power has no dB value
+    db = np.array([[[-12.0, np.nan]]], np.float32)
+    out = to_intensity(db, "sar", "db")
+    assert out[0, 0] == -12.0 and np.isnan(out[0, 1])
+    assert np.array_equal(to_intensity(np.array([[[5.0, 200.0]]], np.float32), "sar", "display"), [[5.0, 200.0]])
+    opt = np.stack([np.full((2, 2), v, np.float32) for v in (10, 20, 60, 1000)])
+    assert np.allclose(to_intensity(opt, "optical"), 30.0)  # mean of the first three bands
+    assert np.allclose(to_intensity(opt, "optical", band=3), 1000.0)
+    assert to_intensity(opt, "optical").dtype == np.float32
+
+
+def test_normalize01():
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, (50, 50)).astype(np.float32)
+    img[0, 0] = np.nan
+    out, mask = normalize01(img)
+    assert not mask[0, 0] and out[0, 0] == 0 and mask.sum() == 2499
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert math.isclose(float(np.mean(out[mask] > 0.5)), 0.5, abs_tol=0.05)
+    out, mask = normalize01(np.full((10, 10), 3.0, np.float32))  # constant: all zero, no division
+    assert np.all(out == 0) and mask.all()
