@@ -142,6 +142,7 @@ def register(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="YAML/JSON land-use class list replacing the built-in one."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP id or folder for --prompt-mode clip/auto."),
     nir_band: Optional[int] = typer.Option(None, "--nir-band", help="Optical NIR band (1-based), enables NDVI/water indices."),
+    workers: int = typer.Option(2, "--workers", help="Threads reading and resampling tile patches."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Tracebacks and more detail."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
 ):
@@ -165,7 +166,8 @@ def register(
                           match_res=match_res, threshold=threshold, max_tiles=max_tiles, min_inliers=min_inliers,
                           optical_band=None if optical_band is None else optical_band - 1,
                           sar_domain=sar_domain.value, zero_is_nodata=zero_nodata,
-                          batch_size=int(opts.get("batch_size") or 16), model_selection=model_selection)
+                          batch_size=int(opts.get("batch_size") or 16), model_selection=model_selection,
+                          workers=workers)
         cfg = RegisterConfig(optical=str(optical), sar=str(sar), out=str(out),
                              gcp_out=str(gcp_out) if gcp_out else None, report=str(report) if report else None,
                              vrt_out=str(vrt_out) if vrt_out else None, tiles_out=str(tiles_out) if tiles_out else None,

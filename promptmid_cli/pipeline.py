@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,6 +47,7 @@ class MatchOptions:
     min_inliers: int | None = None
     min_score: float = 0.05
     model_selection: bool = True
+    workers: int = 2  # threads reading/resampling tile patches
     optical_band: int | None = None  # 0-based
     sar_domain: str = "auto"
     zero_is_nodata: bool = True
@@ -221,50 +223,59 @@ class Matcher:
         return t, info
 
     # ---------------------------------------------------------------- tile levels
-    def correlate_tiles(self, c: float, model: Transform, R: int, tiles: list[Tile], label: str) -> list[Surface]:
-        """NCC surface (displacements within +-R of the model) for every usable tile at level c."""
+    def _prepare(self, c: float, model: Transform, R: int, tile: Tile):
+        """Read and normalise one tile's patches (thread-safe: GDAL and OpenCV release the GIL)."""
         s = self.s
         m = DESC_MARGIN
+        n = tile.size
+        ref_raw = self._ref_patch(c, tile.col0 - m, tile.row0 - m, n + 2 * m, n + 2 * m)
+        mov_raw = self._mov_patch(c, tile.col0 - R - m, tile.row0 - R - m, n + 2 * R + 2 * m,
+                                  n + 2 * R + 2 * m, model)
+        refn, refm = normalize01(self._intensity(ref_raw, s.ref_modality, s.ref_domain))
+        movn, movm = normalize01(self._intensity(mov_raw, s.mov_modality, s.mov_domain))
+        rec = {"level": c * s.f_match, "tile": tile.index, "col0": tile.col0, "row0": tile.row0, "size": n}
+        inner = refm[m:m + n, m:m + n]
+        prompt_info = None
+        if self.selector is not None:
+            # same ground window for both images: the search window minus its radius
+            prompt_info = self.selector(ref_raw, mov_raw[:, R:R + n + 2 * m, R:R + n + 2 * m], s)
+            rec["prompt"] = prompt_info
+        reason = None
+        if inner.mean() < 0.5:
+            reason = "reference tile mostly nodata"
+        elif movm[m:m + n + 2 * R, m:m + n + 2 * R].mean() < 0.3:
+            reason = "moving search window mostly nodata"
+        elif refn[m:m + n, m:m + n][inner].std() < 0.02 or movn[movm].std() < 0.02:
+            reason = "too little structure"
+        elif prompt_info is not None and prompt_info.get("featureless"):
+            reason = f"featureless land use ({prompt_info.get('class')})"
+        if reason:
+            rec["skipped"] = reason
+            return tile, rec, None
+        pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
+                         torch.from_numpy(movm), s.ref_modality, s.mov_modality,
+                         prompt=prompt_info.get("prompt") if prompt_info else None)
+        return tile, rec, (pair, _erode(refm), _erode(movm))
+
+    def correlate_tiles(self, c: float, model: Transform, R: int, tiles: list[Tile], label: str) -> list[Surface]:
+        """NCC surface (displacements within +-R of the model) for every usable tile at level c.
+        Patch reading runs on `workers` threads, ahead of the descriptor/correlation batches."""
         surfaces: list[Surface] = []
         jobs = []
         self.progress("start", label, len(tiles))
-        for tile in tiles:
-            n = tile.size
-            ref_raw = self._ref_patch(c, tile.col0 - m, tile.row0 - m, n + 2 * m, n + 2 * m)
-            mov_raw = self._mov_patch(c, tile.col0 - R - m, tile.row0 - R - m, n + 2 * R + 2 * m,
-                                      n + 2 * R + 2 * m, model)
-            ref = self._intensity(ref_raw, s.ref_modality, s.ref_domain)
-            mov = self._intensity(mov_raw, s.mov_modality, s.mov_domain)
-            refn, refm = normalize01(ref)
-            movn, movm = normalize01(mov)
-            rec = {"level": c * s.f_match, "tile": tile.index, "col0": tile.col0, "row0": tile.row0, "size": n}
-            inner = refm[m:m + n, m:m + n]
-            prompt_info = None
-            if self.selector is not None:
-                # same ground window for both images: the search window minus its radius
-                prompt_info = self.selector(ref_raw, mov_raw[:, R:R + n + 2 * m, R:R + n + 2 * m], s)
-                rec["prompt"] = prompt_info
-            reason = None
-            if inner.mean() < 0.5:
-                reason = "reference tile mostly nodata"
-            elif movm[m:m + n + 2 * R, m:m + n + 2 * R].mean() < 0.3:
-                reason = "moving search window mostly nodata"
-            elif refn[m:m + n, m:m + n][inner].std() < 0.02 or movn[movm].std() < 0.02:
-                reason = "too little structure"
-            elif prompt_info is not None and prompt_info.get("featureless"):
-                reason = f"featureless land use ({prompt_info.get('class')})"
-            if reason:
-                rec["skipped"] = reason
-                self.tile_records.append(rec)
-                self.progress("advance", label, 1)
-                continue
-            pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
-                             torch.from_numpy(movm), s.ref_modality, s.mov_modality,
-                             prompt=prompt_info.get("prompt") if prompt_info else None)
-            jobs.append((tile, pair, rec, _erode(refm), _erode(movm)))
-            if len(jobs) >= self.opts.batch_size:
-                surfaces += self._correlate(jobs, R, label)
-                jobs = []
+        workers = max(1, int(self.opts.workers))
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            prepared = ex.map(lambda t: self._prepare(c, model, R, t), tiles) if workers > 1 else \
+                (self._prepare(c, model, R, t) for t in tiles)
+            for tile, rec, job in prepared:
+                if job is None:
+                    self.tile_records.append(rec)
+                    self.progress("advance", label, 1)
+                    continue
+                jobs.append((tile, job[0], rec, job[1], job[2]))
+                if len(jobs) >= self.opts.batch_size:
+                    surfaces += self._correlate(jobs, R, label)
+                    jobs = []
         if jobs:
             surfaces += self._correlate(jobs, R, label)
         self.progress("stop", label, 0)

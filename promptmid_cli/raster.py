@@ -9,7 +9,8 @@ so the same code serves matching (identity or current model) and the final warp.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Callable
 
 import cv2
@@ -43,6 +44,19 @@ class Raster:
     crs: CRS | None
     transform: Affine
     georeferenced: bool
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _handles: list = field(default_factory=list, repr=False)
+
+    def handle(self):
+        """A dataset handle for the calling thread: GDAL handles must not be shared across threads."""
+        if threading.current_thread() is threading.main_thread():
+            return self.ds
+        h = getattr(self._local, "ds", None)
+        if h is None:
+            h = rasterio.open(self.path)
+            self._local.ds = h
+            self._handles.append(h)
+        return h
 
     @property
     def width(self) -> int:
@@ -72,6 +86,9 @@ class Raster:
         }
 
     def close(self):
+        for h in self._handles:
+            h.close()
+        self._handles.clear()
         self.ds.close()
 
 
@@ -148,10 +165,11 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
         return out
     win = Window((col0 + c_lo) * factor, (row0 + r_lo) * factor, (c_hi - c_lo) * factor, (r_hi - r_lo) * factor)
     shape = (len(bands), r_hi - r_lo, c_hi - c_lo)
+    ds = r.handle()
     if factor == 1.0 and float(col0).is_integer() and float(row0).is_integer():
-        arr = r.ds.read(bands, window=win)
+        arr = ds.read(bands, window=win)
     else:
-        arr = r.ds.read(bands, window=win, out_shape=shape, resampling=resampling)
+        arr = ds.read(bands, window=win, out_shape=shape, resampling=resampling)
     bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
     a = arr.astype(np.float32)
     a[:, bad] = np.nan
