@@ -20,7 +20,7 @@ error, up to the pair's own S1/S2 misalignment (BigEarthNet S1 and S2 agree to a
 demo therefore also registers the pair without the injected error and reports both the raw
 difference and the difference after removing that baseline.
 
-    python examples/demo.py [--out demo-out] [--source auto|configilm|bigearthnet]
+    python examples/demo.py [--out demo-out] [--source auto|configilm|bigearthnet] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -179,11 +179,14 @@ def correction_at_centre(rep: dict, t, shape) -> np.ndarray:
 
 
 def main() -> int:
+    global CACHE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "demo-out"))
     ap.add_argument("--source", choices=("auto", "configilm", "bigearthnet"), default="auto")
     ap.add_argument("--model", default="affine", help="--model passed to promptmid register")
+    ap.add_argument("--cache", default=str(CACHE), help="where the configilm wheel and its LMDB are kept")
     a = ap.parse_args()
+    CACHE = Path(a.cache).resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ import csv
 import json
 import os
 import shlex
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -496,7 +495,8 @@ def register_commands(app):
     def batch(
         manifest: Path = typer.Argument(..., help="CSV with columns optical,sar[,output][,options]."),
         out_dir: Path = typer.Option(..., "--out-dir", help="Folder for every pair's outputs and the summary."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes [default: CPU count]."),
+        workers: Optional[int] = typer.Option(None, "--workers",
+                                              help="Local worker processes (default: the CPU count)."),
         scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                                 help="Use an existing Dask cluster (tcp://HOST:PORT)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Rerun pairs whose outputs are complete."),
@@ -517,7 +517,8 @@ def register_commands(app):
         c = summary["counts"]
         if not quiet:
             typer.echo(f"batch: {c['registered']} registered, {c['skipped']} skipped, {c['failed']} failed, "
-                       f"{c['error']} errors in {summary['seconds']:.1f} s -> {os.path.join(str(out_dir), 'summary.csv')}",
+                       f"{c['error']} errors in {summary['seconds']:.1f} s -> "
+                       f"{os.path.join(str(out_dir), 'summary.csv')}",
                        err=True)
         raise typer.Exit(summary["exit_code"])
 

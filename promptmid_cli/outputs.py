@@ -21,7 +21,7 @@ from rasterio.control import GroundControlPoint
 from rasterio.shutil import copy as rio_copy
 
 from .errors import BadInput
-from .fitting import Transform
+from .fitting import Transform, invert
 from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_window, source_pixel_maps
 
 BLOCK = 1024
@@ -96,11 +96,12 @@ def vrt_text(mov: Raster, ref_crs, gcps: np.ndarray) -> str:
     """A GDAL VRT over the moving raster (by absolute path) whose georeference is the GCPList."""
     ds = mov.ds
     src = escape(os.path.abspath(mov.path))
-    wkt = escape(ref_crs.to_wkt() if ref_crs is not None else "")
+    wkt = escape(ref_crs.to_wkt() if ref_crs is not None else "", {'"': "&quot;"})
     out = [f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
            f'  <GCPList Projection="{wkt}">']
     for i, (p, l, x, y) in enumerate(gcps):
-        out.append(f'    <GCP Id="{i + 1}" Pixel="{p!r}" Line="{l!r}" X="{x!r}" Y="{y!r}" Z="0"/>')
+        out.append(f'    <GCP Id="{i + 1}" Pixel="{float(p)!r}" Line="{float(l)!r}" X="{float(x)!r}" '
+                   f'Y="{float(y)!r}" Z="0"/>')
     out.append("  </GCPList>")
     gdal_types = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
                   "float32": "Float32", "float64": "Float64"}
@@ -160,13 +161,19 @@ def _cast(block: np.ndarray, dtype: str, nodata) -> np.ndarray:
     return out
 
 
-def _finish_cog(tmp_gtiff: str, path: str, co: dict):
-    """COG output: GDAL's COG driver builds overviews and the layout from the streamed GTiff."""
+def _finish_cog(tmp_gtiff: str, co: dict):
+    """COG output: GDAL's COG driver builds overviews and the layout from the streamed GTiff; the
+    result replaces the temporary GTiff, which atomic_path then renames into place."""
     cog_co = {k: v for k, v in co.items() if k not in ("TILED", "BLOCKXSIZE", "BLOCKYSIZE", "PHOTOMETRIC")}
     cog_co.setdefault("COMPRESS", "DEFLATE")
     cog_co.setdefault("BIGTIFF", "IF_SAFER")
-    with atomic_path(path) as tmp:
-        rio_copy(tmp_gtiff, tmp, driver="COG", **cog_co)
+    cog_tmp = tmp_gtiff + ".cog.tif"
+    try:
+        rio_copy(tmp_gtiff, cog_tmp, driver="COG", **cog_co)
+        os.replace(cog_tmp, tmp_gtiff)
+    finally:
+        if os.path.exists(cog_tmp):
+            os.unlink(cog_tmp)
 
 
 def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampling: str, co: dict,
@@ -209,9 +216,7 @@ def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampl
         if progress:
             progress("stop", "writing output", 0)
         if cog:
-            _finish_cog(tmp, path, co)
-            return
-    return
+            _finish_cog(tmp, co)
 
 
 def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False,
@@ -230,7 +235,7 @@ def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, c
     # corrected ground position of moving pixels: invert g numerically via its affine part + iteration
     mx, my = apply_affine(mov.transform, cc, rr)
     rx, ry = crs_transformer(mov.crs, ref_crs)(mx, my)  # where the old georef puts them (ref CRS)
-    tx, ty = _invert(g, rx, ry)  # true position (ref CRS)
+    tx, ty = invert(g, rx, ry)  # true position (ref CRS)
     ox, oy = crs_transformer(ref_crs, mov.crs)(tx, ty)  # true position in the moving CRS
     A = np.c_[cc, rr, np.ones_like(cc)]
     sol = np.linalg.lstsq(A, np.c_[ox, oy], rcond=None)[0]
@@ -257,20 +262,8 @@ def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, c
                 h = min(BLOCK, ds.height - r)
                 dst.write(ds.read(window=((r, r + h), (0, ds.width))), window=((r, r + h), (0, ds.width)))
         if cog:
-            _finish_cog(tmp, path, co)
+            _finish_cog(tmp, co)
     return info
-
-
-def _invert(g: Transform, x, y, iters: int = 20):
-    """Solve g(p) = (x, y) for p by fixed-point iteration (g is close to identity)."""
-    px, py = np.array(x, float), np.array(y, float)
-    for _ in range(iters):
-        gx, gy = g(px, py)
-        ex, ey = gx - x, gy - y
-        px, py = px - ex, py - ey
-        if max(np.abs(ex).max(), np.abs(ey).max()) < 1e-9 * (1 + np.abs(x).max()):
-            break
-    return px, py
 
 
 def write_report(path: str, report: dict):

@@ -20,7 +20,7 @@ from affine import Affine
 
 from .descriptors.base import PatchPair
 from .errors import BadInput, RegistrationFailed
-from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, invert, select_model,
+from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, select_model,
                       spread_ok)
 from .imaging import detect_sar_domain, normalize01, to_intensity
 from .matching import find_peaks, masked_ncc, upsample_to
@@ -405,29 +405,19 @@ class Matcher:
             prev_c = c
             if final:
                 fit, final_ties = lfit, ties
-                self.final_level = (c, model_in, R, surfaces)
+                self.final_level = (c, model_in, R, tiles)
         return fit, final_ties
 
     def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
-        """Guided re-measurement of the final tiles around the chosen model: each tile's own NCC
-        peak within `radius` px of where g predicts it (the surfaces are already computed)."""
-        c, model_in, R, surfaces = self.final_level
-        s = self.s
-        T = s.level_transform(c)
-        inv = ~T
-        preds = []
-        for sf in surfaces:
-            x, y = apply_affine(T, *sf.center)
-            gx, gy = g(x, y)  # where the moving georeference puts this ground point
-            ux, uy = invert(model_in, gx, gy)  # level-grid point the resampled patch shows it at
-            px, py = apply_affine(inv, ux, uy)
-            preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
-        info: dict = {}
-        for sf, d in zip(surfaces, preds):
-            sf.rec.pop("skipped", None)
+        """Guided re-measurement of the final tiles with the chosen model: the moving patches are
+        resampled through g (so rotation/scale inside a tile is gone) and each tile's own NCC peak
+        within `radius` px of g's prediction becomes its tie point."""
+        c, _, _, tiles = self.final_level
+        R = int(math.ceil(radius)) + 2
         self.tile_records = []
-        return self.tie_points(c, model_in, R, surfaces, "translation", info, consensus=False,
-                               preds=np.array(preds), radius=radius)
+        surfaces = self.correlate_tiles(c, g, R, tiles, "refining")
+        return self.tie_points(c, g, R, surfaces, "translation", {}, consensus=False,
+                               preds=np.zeros((len(surfaces), 2)), radius=radius)
 
 
 def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
@@ -473,7 +463,13 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
     t0 = time.perf_counter()
     m = Matcher(scene, backend, opts, selector=selector, progress=progress)
-    fit, ties = m.run()
+    try:
+        fit, ties = m.run()
+    except RegistrationFailed as e:  # nothing to match at all: still a result with a report
+        return RegistrationResult(scene=scene, fit=None, ties=[], levels=m.levels, tiles=m.tile_records,
+                                  warnings=m.warnings, timings={"matching_s": time.perf_counter() - t0},
+                                  counts={"tiles_tried": 0, "tiles_skipped": 0, "tiles_matched": 0, "inliers": 0},
+                                  descriptor=backend.settings(), model_requested=opts.model, failure=str(e))
     t1 = time.perf_counter()
     final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
     selection = None

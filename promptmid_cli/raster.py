@@ -140,9 +140,10 @@ def invalid_mask(arr: np.ndarray, nodata, zero_is_nodata: bool) -> np.ndarray:
     bad = np.zeros(arr.shape[1:], dtype=bool)
     if np.issubdtype(arr.dtype, np.floating):
         bad |= ~np.isfinite(arr).all(axis=0)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        bad |= (arr == nodata).any(axis=0)
-    elif zero_is_nodata:
+    if nodata is not None:
+        if not (isinstance(nodata, float) and math.isnan(nodata)):
+            bad |= (arr == nodata).any(axis=0)
+    elif zero_is_nodata:  # only when the raster declares no nodata at all
         bad |= (arr == 0).all(axis=0)
     return bad
 

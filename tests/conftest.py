@@ -192,3 +192,8 @@ def build_ben_pair(folders, s1_name: str, out_dir, shift_px=(0.0, 0.0), sar_crs:
     if sar_crs is not None:
         sar = Path(reproject_to(sar, out_dir / "sar_reprojected.tif", sar_crs))
     return opt, sar, t, bands[0].shape
+
+
+def pytest_configure(config):
+    # affine >= 2.4 asks for `@` instead of `*` (also inside rasterio); not this project's concern
+    config.addinivalue_line("filterwarnings", "ignore:Use `@` matmul:PendingDeprecationWarning")

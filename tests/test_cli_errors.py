@@ -153,11 +153,6 @@ def test_verbose_shows_traceback_for_bad_input(small_pair, tmp_path):
     assert "promptmid: error:" in res.output and "Traceback" in res.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "register.py line 213 calls run_matching() outside any handler that writes the report, and "
-    "pipeline.py raises RegistrationFailed directly (line 191 'no valid pixels in the overlap', line 206 "
-    "'the coarse correlation found no overlap'): exit 1 but no report saying why (DESIGN.md: exit 1, "
-    "the report says why)"))
 def test_all_nodata_overlap_exits_1_with_a_report(tmp_path):
     t = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
     opt = _write(tmp_path / "opt.tif", np.zeros((3, 200, 200), np.uint16), t, nodata=0)

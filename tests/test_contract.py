@@ -85,14 +85,6 @@ def test_gcps_reproduce_fitted_transform(base_pair, tmp_path, model):
 
 
 # ----------------------------------------------------------------------------------------- VRT
-VRT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "outputs.py vrt_text: the VRT is not valid GDAL XML: line 99 escapes the WKT with "
-    "xml.sax.saxutils.escape, which leaves '\"' unescaped inside Projection=\"...\" (rasterio/gdalwarp: "
-    "'Didn't find expected '=' for value of attribute WGS'), and line 102 formats numpy floats with "
-    "!r, writing Pixel=\"np.float64(6.77)\" so GDAL reads no GCPs"))
-
-
-@VRT_BUG
 def test_vrt_reprojection_lands_where_the_output_does(base_pair):
     pair = base_pair["pair"]
     with rasterio.open(base_pair["vrt"]) as vrt:
@@ -122,7 +114,6 @@ def test_vrt_reprojection_lands_where_the_output_does(base_pair):
     assert np.mean(np.abs(dst[ok] - warped[ok])) < 0.05 * rng
 
 
-@VRT_BUG
 def test_vrt_is_not_a_plain_copy_of_the_input_georeference(base_pair):
     """The GCPs carry the correction: they disagree with the SAR's (wrong) geotransform by the
     injected error, and agree with the true position."""
@@ -210,11 +201,6 @@ def test_grid_moving_keeps_pixels_and_corrects_georeference(small_pair, tmp_path
         assert rep["output_grid"]["grid"] == "moving"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "outputs.py warp_to_reference (lines 184-213) and write_moving_grid (252-260): _finish_cog(tmp, path) "
-    "renames the COG onto `path` inside `with atomic_path(path) as tmp:`, whose exit then os.replace()s "
-    "the plain streamed GTiff `tmp` over it, so --cog never yields a COG (no overviews, not tiled when "
-    "< 256 px)"))
 def test_cog_output(small_pair, tmp_path):
     out = tmp_path / "cog.tif"
     register(small_pair.optical, small_pair.sar, out, "--cog", "--co", "BLOCKSIZE=128")

@@ -52,13 +52,21 @@ def write_pair(d, size, seed=0):
             "ref_transform": t, "shape": (size, size)}
 
 
+# A small launcher runs the command and reports its peak RSS from wait4. The launcher matters:
+# the child's high-water mark starts at whatever the process that spawned it held (vfork and
+# posix_spawn share its memory until exec), so measuring straight from pytest would floor every
+# reading at pytest's own RSS.
+LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "_, st, ru = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(st), ru.ru_maxrss)")
+
+
 def peak_rss_mb(cmd):
     """Run cmd; return (exit code, peak RSS in MB of that process, stderr)."""
-    p = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read().decode(errors="replace")  # small: -q
-    _, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, ru.ru_maxrss / 1024.0, err
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env={**os.environ, **ENV}, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    code, kb = r.stdout.split()
+    return int(code), int(kb) / 1024.0, r.stderr
 
 
 @pytest.fixture(scope="module")

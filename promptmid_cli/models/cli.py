@@ -5,6 +5,7 @@ The main CLI calls :func:`register_commands` on its typer app:
     promptmid train PAIRS --stage fam|dm --out DIR [--steps N --lr X --batch-size N --crop PX ...]
     promptmid models [list]          configured models, present locally or not, sizes
     promptmid models download        fetch them into the Hugging Face cache (needs network)
+    promptmid models convert-remoteclip CKPT OUTDIR   RemoteCLIP checkpoint -> transformers CLIP folder
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PromptmidError as e:
-            typer.echo(f"Error: {e}", err=True)
+            typer.echo(f"promptmid: error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
@@ -161,4 +162,19 @@ def register_commands(app: typer.Typer) -> None:
 
     models_app.command("list")(models_list)
     models_app.command("download")(models_download)
+    models_app.command("convert-remoteclip")(convert_remoteclip)
     app.add_typer(models_app, name="models")
+
+
+@_one_line_errors
+def convert_remoteclip(
+    ckpt: Path = typer.Argument(..., help="RemoteCLIP / OpenCLIP checkpoint (.pt), e.g. RemoteCLIP-ViT-B-32.pt."),
+    out_dir: Path = typer.Argument(..., help="Folder for the transformers CLIP model (use it as --clip-model)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder (default: the "
+                                             "openai/clip-vit-base-patch32 tokenizer from the local HF cache)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT_DIR."),
+):
+    """Convert a RemoteCLIP (OpenCLIP layout) checkpoint into a transformers CLIP folder."""
+    from ..prompts.cli import convert_remoteclip_command
+
+    convert_remoteclip_command(ckpt, out_dir, tokenizer, overwrite)

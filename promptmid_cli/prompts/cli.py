@@ -51,7 +51,7 @@ def prompts_command(
     try:
         data = prompts_listing(prompts)
     except PromptmidError as e:
-        typer.echo(f"Error: {e}", err=True)
+        typer.echo(f"promptmid: error: {e}", err=True)
         raise typer.Exit(e.exit_code)
     typer.echo(json.dumps(data, indent=2) if as_json else format_listing(data))
 
