@@ -200,11 +200,19 @@ def config_from_options(options: str, optical: str, sar: str, out: str, manifest
         if params.get(k):
             params[k] = _resolve(params[k], out_dir)
     params["overwrite"] = bool(params.get("overwrite")) or overwrite
+    if "workers" in params and not any(t.split("=", 1)[0] == "--workers" for t in tokens):
+        params["workers"] = 1  # a Dask worker runs one pair on one thread unless the row says otherwise
     return config_from_params(params)
 
 
 def config_from_params(p: dict):
-    """The register command's parameters (plain values) -> RegisterConfig; mirrors cli.register."""
+    """The register command's parameters (plain values) -> RegisterConfig, as cli.register builds it.
+
+    Parameters named like a MatchOptions / RegisterConfig field map onto it directly, so options
+    added to `register` later reach batch rows without a change here; the few renamed or
+    1-based ones are converted explicitly."""
+    from dataclasses import fields
+
     from .cli import CONFIG_KEYS, _load_config
     from .pipeline import MatchOptions
     from .register import RegisterConfig
@@ -216,19 +224,15 @@ def config_from_params(p: dict):
     opts.update({k: v for k, v in cli_vals.items() if v is not None})
     desc = opts.pop("descriptor", "auto")
     clip = opts.pop("clip_model", None)
-    mo = MatchOptions(model=p["model"], tile_size=p["tile_size"], overlap=p["overlap"], max_shift=p["max_shift"],
-                      match_res=p["match_res"], threshold=p["threshold"], max_tiles=p["max_tiles"],
-                      min_inliers=p["min_inliers"],
-                      optical_band=None if p["optical_band"] is None else p["optical_band"] - 1,
-                      sar_domain=p["sar_domain"], zero_is_nodata=p["zero_nodata"],
-                      batch_size=int(opts.get("batch_size") or 16))
-    return RegisterConfig(optical=str(p["optical"]), sar=str(p["sar"]), out=str(p["out"]), gcp_out=p["gcp_out"],
-                          report=p["report"], vrt_out=p["vrt_out"], tiles_out=p["tiles_out"],
-                          overwrite=bool(p["overwrite"]), moving=p["moving"], grid=p["grid"],
-                          resampling=p["resampling"], co=list(p["co"] or []), cog=bool(p["cog"]), match=mo,
-                          descriptor=desc, descriptor_options=opts, prompt_mode=p["prompt_mode"],
-                          prompt=p["prompt"], prompts_file=p["prompts"], clip_model=clip,
-                          nir_band=None if p["nir_band"] is None else p["nir_band"] - 1)
+    special_m = {"optical_band": None if p.get("optical_band") is None else p["optical_band"] - 1,
+                 "zero_is_nodata": p.get("zero_nodata", True), "batch_size": int(opts.get("batch_size") or 16)}
+    mkw = {f.name: p[f.name] for f in fields(MatchOptions) if f.name in p and f.name not in special_m}
+    mo = MatchOptions(**mkw, **special_m)
+    special_r = {"match": mo, "descriptor": desc, "descriptor_options": opts, "clip_model": clip,
+                 "prompts_file": p.get("prompts"), "co": list(p.get("co") or []),
+                 "nir_band": None if p.get("nir_band") is None else p["nir_band"] - 1}
+    rkw = {f.name: p[f.name] for f in fields(RegisterConfig) if f.name in p and f.name not in special_r}
+    return RegisterConfig(**rkw, **special_r)
 
 
 # ------------------------------------------------------------------ one pair (runs on a worker)

@@ -32,7 +32,9 @@ COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
-GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
+GUIDED_RADIUS = 2.0
+N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
+NMS_RADIUS = 6  # level px suppressed around a level-0 peak  # px around the level's consensus where a tile's own NCC peak is accepted
 
 
 @dataclass
@@ -182,7 +184,7 @@ class Matcher:
         return to_intensity(arr, modality, domain, band)
 
     # ---------------------------------------------------------------- level 0
-    def global_translation(self, c0: int) -> tuple[Transform, dict]:
+    def global_translation(self, c0: int) -> tuple[list[Transform], dict]:
         s = self.s
         col0, row0, w, h = s.level_window(c0)
         R = int(math.ceil(self.opts.max_shift / (s.f_match * c0))) + 2
@@ -205,22 +207,29 @@ class Matcher:
         # rank by correlation times sqrt(overlap): a z-score-like significance, so a slightly higher
         # NCC on a sliver of overlap at the edge of a large search range does not win
         rank = torch.where(frac >= 0.3, ncc * frac.clamp(0, 1).sqrt(), torch.full_like(ncc, -1.0))
-        peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
-        info = {"factor": c0 * s.f_match, "kind": "global", "radius_px": R, "grid": [w, h]}
-        if peak is None:
-            raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
-        d = np.array([peak.dx - R, peak.dy - R])
-        info.update({"shift_level_px": d.tolist(), "rank": peak.score})
+        info = {"factor": c0 * s.f_match, "kind": "global", "radius_px": R, "grid": [w, h], "candidates": []}
         T = s.level_transform(c0)
         x0, y0 = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
-        x1, y1 = apply_affine(T, col0 + w / 2.0 + d[0], row0 + h / 2.0 + d[1])
-        t = identity((float(x0), float(y0)), s.ref_res)
-        t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]
-        cx, cy = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
-        gx, gy = t(cx, cy)
-        info["shift_ref_px"] = [float((gx - cx) / s.ref_res), float((gy - cy) / s.ref_res)]
+        cands = []
+        # several distinct peaks: the first tile level decides between them (multi-hypothesis)
+        for _ in range(N_HYPOTHESES):
+            peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
+            if peak is None or (cands and peak.score < 0.5 * cands[0][1]):
+                break
+            d = np.array([peak.dx - R, peak.dy - R])
+            x1, y1 = apply_affine(T, col0 + w / 2.0 + d[0], row0 + h / 2.0 + d[1])
+            t = identity((float(x0), float(y0)), s.ref_res)
+            t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]
+            cands.append((t, peak.score))
+            info["candidates"].append({"shift_ref_px": [float((x1 - x0) / s.ref_res), float((y1 - y0) / s.ref_res)],
+                                       "rank": peak.score})
+            # suppress this peak's neighbourhood before looking for the next
+            iy, ix = int(round(peak.dy + h - 1)), int(round(peak.dx + w - 1))
+            rank[0, max(0, iy - NMS_RADIUS):iy + NMS_RADIUS + 1, max(0, ix - NMS_RADIUS):ix + NMS_RADIUS + 1] = -1.0
+        if not cands:
+            raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
         self.levels.append(info)
-        return t, info
+        return [t for t, _ in cands], info
 
     # ---------------------------------------------------------------- tile levels
     def _prepare(self, c: float, model: Transform, R: int, tile: Tile):
@@ -368,7 +377,8 @@ class Matcher:
         factors = [c0]
         while factors[-1] > 1:
             factors.append(max(1, factors[-1] // 4))
-        model, _ = self.global_translation(c0)
+        candidates, ginfo = self.global_translation(c0)
+        model = candidates[0]
         model_is_translation = True
         prev_c, prev_rmse = c0, None
         fit, final_ties = None, []
@@ -384,15 +394,27 @@ class Matcher:
             R = int(math.ceil(min(R, max(16, o.max_shift / (s.f_match * c)))))
             size = o.tile_size if final else min(o.tile_size, 128)
             size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
-            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64)
+            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64,
+                              min_per_axis=4 if final else 1)
             label = f"matching x{c * s.f_match:g}"
-            self.tile_records = []
-            surfaces = self.correlate_tiles(c, model, R, tiles, label)
-            info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size, "radius_px": R}
             kind = o.model if final else "affine"
-            model_in = model
-            ties = self.tie_points(c, model, R, surfaces, kind, info, consensus=True)
-            lfit = self.fit_level(ties, c, kind, max(o.threshold, 1.5 * s.f_match * c))
+            thr = max(o.threshold, 1.5 * s.f_match * c)
+            best = None
+            # the first tile level tries every level-0 hypothesis; the one whose tiles agree best wins
+            for h_i, cand in enumerate(candidates if c == factors[0] else [model]):
+                self.tile_records = []
+                surfaces = self.correlate_tiles(c, cand, R, tiles, label + (f" (hypothesis {h_i + 1})" if h_i else ""))
+                info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size,
+                        "radius_px": R}
+                ties = self.tie_points(c, cand, R, surfaces, kind, info, consensus=True)
+                lfit = self.fit_level(ties, c, kind, thr)
+                support = (int(lfit.inliers.sum()) if lfit is not None else 0) + info.get("consensus_ncc", 0.0)
+                if c == factors[0]:
+                    ginfo["candidates"][h_i]["support"] = support
+                if best is None or support > best[0]:
+                    best = (support, cand, ties, lfit, info, self.tile_records)
+            _, model_in, ties, lfit, info, self.tile_records = best
+            model = model_in
             info["matches"] = len(ties)
             if lfit is not None and lfit.inliers.sum() >= 2:
                 info.update({"fit": lfit.kind, "inliers": int(lfit.inliers.sum()), "rmse_ref_px": lfit.rmse})

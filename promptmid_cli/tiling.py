@@ -35,13 +35,17 @@ def _thin(pos: list[int], n: int) -> list[int]:
 
 
 def tile_grid(col0: int, row0: int, width: int, height: int, size: int, overlap: float,
-              max_tiles: int) -> list[Tile]:
+              max_tiles: int, min_per_axis: int = 1) -> list[Tile]:
     """Square tiles of `size` (clipped to the window) with fractional `overlap`, evenly thinned to at
-    most `max_tiles` (tie points need spread, not density, for a global fit)."""
+    most `max_tiles` (tie points need spread, not density, for a global fit). On small windows the
+    stride shrinks so that each axis has at least `min_per_axis` tiles (more, overlapping tie points
+    instead of a bare 2x2 or 3x3)."""
     size = int(max(8, min(size, width, height)))
     stride = max(1, int(round(size * (1.0 - overlap))))
-    xs = _positions(col0, width, size, stride)
-    ys = _positions(row0, height, size, stride)
+    sx = max(1, -(-(width - size) // max(1, min_per_axis - 1))) if width > size else stride
+    sy = max(1, -(-(height - size) // max(1, min_per_axis - 1))) if height > size else stride
+    xs = _positions(col0, width, size, min(stride, sx))
+    ys = _positions(row0, height, size, min(stride, sy))
     if len(xs) * len(ys) > max_tiles:
         aspect = len(xs) / len(ys)
         ny = max(1, int(np.floor(np.sqrt(max_tiles / aspect))))

@@ -197,3 +197,27 @@ def test_row_options_use_the_register_parser(tmp_path):
                         ("--config nothere.yaml", "cannot read")):
         with pytest.raises(BadInput, match=needle.replace("-", r"\-")):
             config_from_options(bad, "o.tif", "s.tif", "x.tif", md, od)
+
+
+def test_row_options_build_the_same_config_as_register(tmp_path, monkeypatch):
+    """Parity with `promptmid register`: the same options give the same RegisterConfig (guards
+    against register options that batch rows would silently drop)."""
+    from dataclasses import asdict
+
+    import promptmid_cli.register as reg
+
+    seen = []
+    monkeypatch.setattr(reg, "register", lambda cfg, progress=None: seen.append(cfg) or {})
+    opts = ("--model homography --tile-size 96 --overlap 0.5 --max-shift 40 --threshold 1.5 --max-tiles 30 "
+            "--min-inliers 6 --resampling cubic --grid moving --co COMPRESS=LZW --cog --optical-band 2 "
+            "--sar-domain db --no-zero-nodata --descriptor builtin --device cpu --batch-size 4 --prompt-mode fixed "
+            "--prompt 'farmland fields' --nir-band 3 --moving optical --workers 2")
+    out = str(tmp_path / "x.tif")
+    res = CliRunner().invoke(app, ["register", "o.tif", "s.tif", "-o", out, "-q", *__import__("shlex").split(opts)])
+    assert res.exit_code == 0 and len(seen) == 1, res.output
+    mine = config_from_options(opts, "o.tif", "s.tif", out, tmp_path, tmp_path)
+    assert asdict(mine) == asdict(seen[0])
+    # one thread per pair on a Dask worker unless the row asks for more
+    assert config_from_options("", "o.tif", "s.tif", out, tmp_path, tmp_path).match.workers == 1
+    assert config_from_options("--no-model-selection", "o.tif", "s.tif", out, tmp_path,
+                               tmp_path).match.model_selection is False
