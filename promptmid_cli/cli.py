@@ -166,7 +166,7 @@ def register(
                           match_res=match_res, threshold=threshold, max_tiles=max_tiles, min_inliers=min_inliers,
                           optical_band=None if optical_band is None else optical_band - 1,
                           sar_domain=sar_domain.value, zero_is_nodata=zero_nodata,
-                          batch_size=int(opts.get("batch_size") or 16), model_selection=model_selection,
+                          batch_size=int(opts.get("batch_size") or 8), model_selection=model_selection,
                           workers=workers)
         cfg = RegisterConfig(optical=str(optical), sar=str(sar), out=str(out),
                              gcp_out=str(gcp_out) if gcp_out else None, report=str(report) if report else None,

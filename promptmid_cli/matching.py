@@ -44,7 +44,7 @@ class PeakResult:
 
 
 def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
-               valid_only: bool = False, channel_chunk: int = 6):
+               valid_only: bool = False, channel_chunk: int = 3):
     """Batched masked NCC.
 
     tmpl [B,C,h,w], tmask [B,h,w], search [B,C,H,W], smask [B,H,W] ->
@@ -74,6 +74,15 @@ def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, sm
     nccs, fracs = [], []
     # one item and a few channels at a time: memory stays at a few FFT planes whatever the batch
     for b in range(B):
+        if valid_only and bool(tmask[b].all()) and bool(smask[b].all()):
+            ncc = _full_valid_ncc(tmpl[b].to(dt), search[b].to(dt), Py, Px, channel_chunk)
+            full = torch.full((H + h - 1, W + w - 1), -1.0, dtype=dt)
+            frac = torch.zeros_like(full)
+            full[h - 1:H, w - 1:W] = ncc
+            frac[h - 1:H, w - 1:W] = 1.0
+            nccs.append(full)
+            fracs.append(frac)
+            continue
         tm = tmask[b].to(dt)
         sm = smask[b].to(dt)
         Fm_s, Fm_t = fft(sm), fft(tm)
@@ -92,10 +101,45 @@ def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, sm
             vf += (corr(fft(s * s), Fm_t) - S_f * S_f / n_safe).sum(0)
             vt += (corr(Fm_s, fft(t * t)) - S_t * S_t / n_safe).sum(0)
         den = (vf.clamp_min(0) * vt.clamp_min(0)).sqrt()
-        ncc = torch.where(den > 1e-9, num / den.clamp_min(1e-12), torch.zeros_like(num))
-        nccs.append(ncc.clamp(-1, 1))
-        fracs.append(n / tm.sum().clamp_min(1.0))
+        ncc = torch.where(den > 1e-9, num / den.clamp_min(1e-12), torch.zeros_like(num)).clamp(-1, 1)
+        frac = n / tm.sum().clamp_min(1.0)
+        if ncc.shape != (H + h - 1, W + w - 1):  # valid_only with a small FFT: pad to the full index range
+            pad = (0, W + w - 1 - ncc.shape[1], 0, H + h - 1 - ncc.shape[0])
+            ncc = torch.nn.functional.pad(ncc, pad, value=-1.0)
+            frac = torch.nn.functional.pad(frac, pad, value=0.0)
+        nccs.append(ncc)
+        fracs.append(frac)
     return torch.stack(nccs), torch.stack(fracs)
+
+
+def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums of every h x w window of [C, H, W] -> [C, H-h+1, W-w+1] (integral image, float64)."""
+    ii = torch.nn.functional.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    return ii[:, h:, w:] - ii[:, :-h, w:] - ii[:, h:, :-w] + ii[:, :-h, :-w]
+
+
+def _full_valid_ncc(t: torch.Tensor, f: torch.Tensor, Py: int, Px: int, chunk: int) -> torch.Tensor:
+    """NCC over valid displacements when template and search have no nodata: the window statistics
+    come from integral images and the channel-summed cross-correlation needs a single inverse FFT
+    (2C forward + 1 inverse FFTs instead of ~11C for the masked form)."""
+    C, h, w = t.shape
+    H, W = f.shape[-2:]
+    n = float(h * w)
+    t = t - t.mean(dim=(-1, -2), keepdim=True)  # zero-mean template: numerator needs no S_f term
+    acc = None
+    for c0 in range(0, C, chunk):
+        Ff = torch.fft.rfft2(f[c0:c0 + chunk], s=(Py, Px))
+        Ft = torch.fft.rfft2(t[c0:c0 + chunk], s=(Py, Px))
+        prod = (Ff * Ft.conj()).sum(0)
+        acc = prod if acc is None else acc + prod
+    num = torch.fft.irfft2(acc, s=(Py, Px))[: H - h + 1, : W - w + 1]
+    s1 = _box_sums(f, h, w)
+    s2 = _box_sums(f * f, h, w)
+    vf = (s2 - s1 * s1 / n).sum(0).clamp_min(0)
+    vt = (t.double() ** 2).sum()
+    den = (vf * vt).sqrt()
+    ncc = torch.where(den > 1e-9, num.double() / den.clamp_min(1e-12), torch.zeros_like(den))
+    return ncc.to(t.dtype).clamp(-1, 1)
 
 
 def _parabola(a: float, b: float, c: float) -> float:

@@ -53,7 +53,7 @@ class MatchOptions:
     optical_band: int | None = None  # 0-based
     sar_domain: str = "auto"
     zero_is_nodata: bool = True
-    batch_size: int = 16
+    batch_size: int = 8
 
 
 @dataclass
@@ -395,7 +395,7 @@ class Matcher:
             size = o.tile_size if final else min(o.tile_size, 128)
             size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
             tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64,
-                              min_per_axis=4 if final else 1)
+                              min_per_axis=1)
             label = f"matching x{c * s.f_match:g}"
             kind = o.model if final else "affine"
             thr = max(o.threshold, 1.5 * s.f_match * c)

@@ -191,6 +191,16 @@ def _correction_summary(res: RegistrationResult) -> dict:
 
 def register(cfg: RegisterConfig, progress=None) -> dict:
     """Run one registration. Returns the report dict; raises BadInput / RegistrationFailed."""
+    # every read is a window, so GDAL's block cache (5 % of RAM by default) buys little and would
+    # dominate peak memory on whole scenes; a user's own GDAL_CACHEMAX wins
+    import rasterio
+
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256 * 2 ** 20}
+    with rasterio.Env(**env):
+        return _register(cfg, progress)
+
+
+def _register(cfg: RegisterConfig, progress=None) -> dict:
     t_start = time.perf_counter()
     validate(cfg)
     paths = check_outputs(cfg)

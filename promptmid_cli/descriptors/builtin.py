@@ -31,11 +31,24 @@ def _gauss_kernel1d(sigma: float, device) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [B, C, H, W] with reflect padding."""
+    """Separable Gaussian blur of [B, C, H, W] with reflect padding.
+
+    On the CPU OpenCV's separable filter does the same computation several times faster than
+    torch's depthwise convolution; on a GPU the torch path runs."""
     if sigma <= 0:
         return x
     k = _gauss_kernel1d(sigma, x.device)
     r = k.numel() // 2
+    if x.device.type == "cpu" and x.dtype == torch.float32 and min(x.shape[-2:]) > r:
+        import cv2
+        import numpy as np
+
+        kn = k.numpy().astype(np.float32)
+        a = x.detach().reshape(-1, *x.shape[-2:]).numpy()
+        out = np.empty_like(a)
+        for i in range(a.shape[0]):
+            out[i] = cv2.sepFilter2D(a[i], -1, kn, kn, borderType=cv2.BORDER_REFLECT_101)
+        return torch.from_numpy(out).reshape(x.shape)
     c = x.shape[1]
     kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
