@@ -191,32 +191,41 @@ def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampl
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             for c, r, w, h in blocks:
-                mx, my = source_pixel_maps(ref.transform, c, r, w, h, g, to_src, inv)
-                block = np.full((len(bands), h, w), np.nan, np.float32)
-                ok = np.isfinite(mx) & np.isfinite(my)
-                if ok.any():
-                    x0 = max(0, int(math.floor(mx[ok].min())) - 4)
-                    y0 = max(0, int(math.floor(my[ok].min())) - 4)
-                    x1 = min(mov.width, int(math.ceil(mx[ok].max())) + 5)
-                    y1 = min(mov.height, int(math.ceil(my[ok].max())) + 5)
-                    if x1 > x0 and y1 > y0:
-                        src = read_window(mov, x0, y0, x1 - x0, y1 - y0, bands=bands, zero_is_nodata=zero_is_nodata)
-                        fx = (mx - x0).astype(np.float32)
-                        fy = (my - y0).astype(np.float32)
-                        valid = cv2.remap(np.isfinite(src).all(0).astype(np.float32), fx, fy, cv2.INTER_LINEAR,
-                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.999
-                        for i in range(len(bands)):
-                            b = cv2.remap(np.nan_to_num(src[i]), fx, fy, interp, borderMode=cv2.BORDER_CONSTANT,
-                                          borderValue=0.0)
-                            b[~valid] = np.nan
-                            block[i] = b
+                block = _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata)
                 dst.write(_cast(block, prof["dtype"], prof["nodata"]), window=((r, r + h), (c, c + w)))
+                del block  # before the next block is allocated: peak = one block, whatever the raster
                 if progress:
                     progress("advance", "writing output", 1)
         if progress:
             progress("stop", "writing output", 0)
         if cog:
             _finish_cog(tmp, co)
+
+
+def _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata) -> np.ndarray:
+    """One output block [bands, h, w] (NaN = no data); its temporaries die on return."""
+    mx, my = source_pixel_maps(ref.transform, c, r, w, h, g, to_src, inv)
+    block = np.full((len(bands), h, w), np.nan, np.float32)
+    ok = np.isfinite(mx) & np.isfinite(my)
+    if not ok.any():
+        return block
+    x0 = max(0, int(math.floor(mx[ok].min())) - 4)
+    y0 = max(0, int(math.floor(my[ok].min())) - 4)
+    x1 = min(mov.width, int(math.ceil(mx[ok].max())) + 5)
+    y1 = min(mov.height, int(math.ceil(my[ok].max())) + 5)
+    if x1 <= x0 or y1 <= y0:
+        return block
+    src = read_window(mov, x0, y0, x1 - x0, y1 - y0, bands=bands, zero_is_nodata=zero_is_nodata)
+    fx = (mx - x0).astype(np.float32)
+    fy = (my - y0).astype(np.float32)
+    del mx, my, ok
+    valid = cv2.remap(np.isfinite(src).all(0).astype(np.float32), fx, fy, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.999
+    for i in range(len(bands)):
+        b = cv2.remap(np.nan_to_num(src[i]), fx, fy, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        b[~valid] = np.nan
+        block[i] = b
+    return block
 
 
 def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False,

@@ -394,7 +394,7 @@ class Matcher:
             R = int(math.ceil(min(R, max(16, o.max_shift / (s.f_match * c)))))
             size = o.tile_size if final else min(o.tile_size, 128)
             size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
-            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else 64,
+            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else min(64, o.max_tiles),
                               min_per_axis=1)
             label = f"matching x{c * s.f_match:g}"
             kind = o.model if final else "affine"

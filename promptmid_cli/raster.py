@@ -24,6 +24,8 @@ from shapely.geometry import Polygon
 
 from .errors import BadInput
 
+STRIP_SOURCE_ROWS = 512  # source rows per decimated read
+
 # QGIS's convention for a raster without georeference: x = pixel, y = -line
 PIXEL_FRAME = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
@@ -164,13 +166,20 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
     r_hi = min(h, math.floor(r.height / factor - row0 + 1e-9))
     if c_hi <= c_lo or r_hi <= r_lo:
         return out
-    win = Window((col0 + c_lo) * factor, (row0 + r_lo) * factor, (c_hi - c_lo) * factor, (r_hi - r_lo) * factor)
-    shape = (len(bands), r_hi - r_lo, c_hi - c_lo)
     ds = r.handle()
     if factor == 1.0 and float(col0).is_integer() and float(row0).is_integer():
+        win = Window(col0 + c_lo, row0 + r_lo, c_hi - c_lo, r_hi - r_lo)
         arr = ds.read(bands, window=win)
     else:
-        arr = ds.read(bands, window=win, out_shape=shape, resampling=resampling)
+        # decimated reads in strips: GDAL resamples through a buffer of the full-resolution source
+        # window, so one read of a whole scene would cost memory growing with the scene
+        arr = np.empty((len(bands), r_hi - r_lo, c_hi - c_lo), dtype=ds.dtypes[0])
+        step = max(1, int(STRIP_SOURCE_ROWS // factor))
+        for a in range(r_lo, r_hi, step):
+            b = min(r_hi, a + step)
+            win = Window((col0 + c_lo) * factor, (row0 + a) * factor, (c_hi - c_lo) * factor, (b - a) * factor)
+            arr[:, a - r_lo:b - r_lo] = ds.read(bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
+                                                resampling=resampling)
     bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
     a = arr.astype(np.float32)
     a[:, bad] = np.nan
