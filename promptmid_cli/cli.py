@@ -217,29 +217,18 @@ def version():
     typer.echo(__version__)
 
 
-def _optional_commands():
-    """Commands contributed by the prompt and model modules."""
-    try:
-        from .prompts.cli import register_commands as prompt_cmds
+def _add_commands():
+    """Commands contributed by the prompt, model and batch modules."""
+    from .batch import register_commands as batch_cmds
+    from .models.cli import register_commands as model_cmds
+    from .prompts.cli import register_commands as prompt_cmds
 
-        prompt_cmds(app)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .models.cli import register_commands as model_cmds
-
-        model_cmds(app)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .batch import register_commands as batch_cmds
-
-        batch_cmds(app)
-    except ImportError:
-        pass
+    prompt_cmds(app)
+    model_cmds(app)
+    batch_cmds(app)
 
 
-_optional_commands()
+_add_commands()
 
 
 def main():  # console script entry point

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..prompts.tiny import _bytes_to_unicode  # the same byte table as the CLIP selector tests
 from .loading import _quiet_libraries
 
 # Words the land-use prompts are made of (anything else still tokenizes, byte by byte).
@@ -27,20 +28,6 @@ PROMPT_WORDS = (
     "sea coast wetland bare barren desert sand rock grassland grass meadow pasture road roads "
     "highway airport runway mountain mountains hills snow ice"
 ).split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode mapping."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def build_clip_vocab(words=PROMPT_WORDS) -> tuple[dict[str, int], list[str]]:
