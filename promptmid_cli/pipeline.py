@@ -20,7 +20,7 @@ from affine import Affine
 
 from .descriptors.base import PatchPair
 from .errors import BadInput, RegistrationFailed
-from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, select_model,
+from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, invert, select_model,
                       spread_ok)
 from .imaging import detect_sar_domain, normalize01, to_intensity
 from .matching import find_peaks, masked_ncc, upsample_to
@@ -397,6 +397,7 @@ class Matcher:
             tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else min(64, o.max_tiles),
                               min_per_axis=1)
             label = f"matching x{c * s.f_match:g}"
+            entered_translation = model_is_translation
             kind = o.model if final else "affine"
             thr = max(o.threshold, 1.5 * s.f_match * c)
             best = None
@@ -427,19 +428,34 @@ class Matcher:
             prev_c = c
             if final:
                 fit, final_ties = lfit, ties
-                self.final_level = (c, model_in, R, tiles)
+                self.final_level = (c, model_in, R, tiles, surfaces, entered_translation)
         return fit, final_ties
 
     def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
-        """Guided re-measurement of the final tiles with the chosen model: the moving patches are
-        resampled through g (so rotation/scale inside a tile is gone) and each tile's own NCC peak
-        within `radius` px of g's prediction becomes its tie point."""
-        c, _, _, tiles = self.final_level
-        R = int(math.ceil(radius)) + 2
+        """Guided re-measurement of the final tiles with the chosen model: each tile's own NCC peak
+        within `radius` px of where g predicts it becomes its tie point. When the final level was
+        matched from a translation-only guess, the patches are first resampled again through g (so
+        rotation/scale inside a tile is gone); otherwise the level's surfaces are reused."""
+        c, model_in, R_in, tiles, surfaces, entered_translation = self.final_level
         self.tile_records = []
-        surfaces = self.correlate_tiles(c, g, R, tiles, "refining")
-        return self.tie_points(c, g, R, surfaces, "translation", {}, consensus=False,
-                               preds=np.zeros((len(surfaces), 2)), radius=radius)
+        if entered_translation:
+            R = int(math.ceil(radius)) + 2
+            surfaces = self.correlate_tiles(c, g, R, tiles, "refining")
+            return self.tie_points(c, g, R, surfaces, "translation", {}, consensus=False,
+                                   preds=np.zeros((len(surfaces), 2)), radius=radius)
+        s = self.s
+        T = s.level_transform(c)
+        inv = ~T
+        preds = []
+        for sf in surfaces:
+            x, y = apply_affine(T, *sf.center)
+            gx, gy = g(x, y)  # where the moving georeference puts this ground point
+            ux, uy = invert(model_in, gx, gy)  # the level-grid point the resampled patch shows it at
+            px, py = apply_affine(inv, ux, uy)
+            preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
+            sf.rec.pop("skipped", None)
+        return self.tie_points(c, model_in, R_in, surfaces, "translation", {}, consensus=False,
+                               preds=np.array(preds), radius=radius)
 
 
 def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
