@@ -7,7 +7,10 @@ also rotation <= 2 deg and scale <= 2 %), a SAR storage format (uint8, uint16 po
 power, float32 dB with NaN rows), sometimes a rotated geotransform and a cropped SAR window.
 Scored from the .points file alone: affine fitted to the enabled GCPs, RMSE at check points.
 
-Usage: python bench/heldout_sim.py [--cases N] [--seed S]
+Usage: python bench/heldout_sim.py [--cases N] [--seed S] [--source osmnet|benv2]
+
+--source benv2 uses the real 240x360 BigEarthNet-v2 Sentinel-1/2 block that `make demo` writes to
+demo-out/ (10 m; SAR crops of 200x300 px) instead of the OSMNet patches.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ def osmnet_pairs():
     return out
 
 
+def benv2_pairs():
+    """The BigEarthNet-v2 demo block (as written by examples/demo.py), georeference ignored."""
+    import rasterio
+
+    d = os.path.join(os.path.dirname(__file__), "..", "demo-out")
+    if not os.path.exists(os.path.join(d, "sar.tif")):
+        return []
+    with rasterio.open(os.path.join(d, "optical.tif")) as o, rasterio.open(os.path.join(d, "sar.tif")) as s:
+        return [("benv2", o.read(), s.read(1))]
+
+
 def _affine_from_points(path):
     from promptmid_cli.outputs import read_points
 
@@ -71,10 +85,11 @@ def main():
     ap.add_argument("--cases", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--source", choices=("osmnet", "benv2"), default="osmnet")
     a = ap.parse_args()
-    pairs = osmnet_pairs()
+    pairs = osmnet_pairs() if a.source == "osmnet" else benv2_pairs()
     if not pairs:
-        print(f"skip: no OSMNet patches under {DEV}")
+        print(f"skip: no {a.source} data ({DEV} or demo-out/ from `make demo`)")
         return 0
     rng = np.random.default_rng(a.seed)
     root = tempfile.mkdtemp(prefix="promptmid-heldout-")
@@ -90,8 +105,10 @@ def main():
         refrot = float(rng.choice([0.0, 0.0, 12.0]))
         crop = None
         if i % 2 == 1:
-            sz = int(rng.integers(150, 220))
-            c0, r0 = (int(v) for v in rng.integers(0, 256 - sz, 2))
+            H, W = opt.shape[-2:]
+            sz = int(rng.integers(150, min(H, W) - 30))
+            c0 = int(rng.integers(0, W - sz))
+            r0 = int(rng.integers(0, H - sz))
             crop = (c0, r0, sz, sz)
         d = os.path.join(root, f"case{i:03d}")
         case = write_case(d, opt, sar_db, res, tuple(e), rot, scl, fmt, refrot, sar_window=crop,

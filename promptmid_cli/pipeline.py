@@ -380,6 +380,9 @@ class Matcher:
         candidates, ginfo = self.global_translation(c0)
         model = candidates[0]
         model_is_translation = True
+        # the georeference was wrong by the shift just found: place the tiles over the *true* overlap
+        # (otherwise a band as wide as the error holds tiles with no moving data under them)
+        self._refine_window(model)
         prev_c, prev_rmse = c0, None
         fit, final_ties = None, []
         # a tile pass on the coarsest grid too: it turns the global shift into an affine estimate
@@ -430,6 +433,19 @@ class Matcher:
                 fit, final_ties = lfit, ties
                 self.final_level = (c, model_in, R, tiles, surfaces, entered_translation)
         return fit, final_ties
+
+    def _refine_window(self, g: Transform):
+        s = self.s
+        fp = footprint(s.mov, s.ref.crs)
+        xs, ys = np.asarray(fp.exterior.coords).T
+        tx, ty = invert(g, xs, ys)  # where the moving image's outline really lies
+        cols, rows = apply_affine(~s.ref.transform, tx, ty)
+        c0 = max(0, int(math.floor(cols.min())))
+        r0 = max(0, int(math.floor(rows.min())))
+        c1 = min(s.ref.width, int(math.ceil(cols.max())))
+        r1 = min(s.ref.height, int(math.ceil(rows.max())))
+        if c1 - c0 >= 16 and r1 - r0 >= 16:
+            s.window = (c0, r0, c1 - c0, r1 - r0)
 
     def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
         """Guided re-measurement of the final tiles with the chosen model: each tile's own NCC peak

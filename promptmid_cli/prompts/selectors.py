@@ -679,5 +679,5 @@ def make_selector(mode: str, classes: list[LandUseClass], *, prompt: str | None 
     sel.fallback_reason = why
     msg = f"CLIP prompt selector unavailable, using the built-in stats selector: {why}"
     sel.warnings.insert(0, msg)
-    log.warning(msg)
+    log.info(msg)  # auto mode falling back is expected; the report records it
     return sel
