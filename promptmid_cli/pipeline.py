@@ -1,9 +1,11 @@
 """The registration pipeline: overlap -> pyramid of tile matches -> robust global fit.
 
-Coarse to fine. Level 0 correlates the whole overlap on a strongly decimated grid (masked NCC over
-the full `--max-shift` range), which finds offsets larger than a tile. Each following level matches
-tiles on a finer grid, searching around where the current model puts them, and refits; the last
-level works on the match grid itself and gives the tie points of the final fit.
+Coarse to fine. Level 0 correlates the whole overlap on a decimated grid (masked NCC over the full
+`--max-shift` range), which finds offsets larger than a tile, and keeps a few distinct peaks as
+hypotheses. Each following level matches tiles on a finer grid, searching around where the current
+model puts them (the first tile level tries every hypothesis), finds the level's consensus
+displacement field over all tiles' NCC surfaces, takes guided tie points and refits; the last level
+works on the match grid itself and gives the tie points of the final fit.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,17 +26,17 @@ from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, 
                       spread_ok)
 from .imaging import detect_sar_domain, normalize01, to_intensity
 from .matching import find_peaks, masked_ncc, upsample_to
-from .raster import Raster, apply_affine, footprint, read_window, resample_moving
 from .consensus import Surface, consensus_model, guided_peak
+from .raster import Raster, apply_affine, footprint, read_window, resample_moving
 from .tiling import Tile, tile_grid
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
-GUIDED_RADIUS = 2.0
+GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
 N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
-NMS_RADIUS = 6  # level px suppressed around a level-0 peak  # px around the level's consensus where a tile's own NCC peak is accepted
+NMS_RADIUS = 6  # level px suppressed around a level-0 peak
 
 
 @dataclass
@@ -66,9 +68,10 @@ class TieMatch:
     ref_xy: tuple  # true ground position (reference CRS)
     mov_xy: tuple  # where the moving georeference puts it (reference CRS)
     shift_px: tuple  # residual displacement found at this level, level pixels (dx, dy)
-    score: float
-    distinct: float
+    score: float  # NCC at the tie point
+    gap: float  # NCC of the tie point minus the tile surface's global maximum (0: it is the global peak)
     prompt: dict | None = None
+    rec: dict | None = field(default=None, repr=False)  # the tile's report record
 
 
 @dataclass
@@ -155,13 +158,12 @@ class Matcher:
     """Runs the pyramid. `backend` is a DescriptorBackend; `selector`, if given, picks a prompt per tile."""
 
     def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None,
-                 progress: Callable | None = None, log: Callable | None = None):
+                 progress: Callable | None = None):
         self.s = scene
         self.backend = backend
         self.opts = opts
         self.selector = selector
         self.progress = progress or (lambda *a, **k: None)
-        self.log = log or (lambda msg: None)
         self.warnings: list[str] = []
         self.levels: list[dict] = []
         self.tile_records: list[dict] = []
@@ -169,9 +171,8 @@ class Matcher:
 
     # ---------------------------------------------------------------- patches
     def _ref_patch(self, c, col0, row0, w, h):
-        arr = read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
-                          zero_is_nodata=self.opts.zero_is_nodata)
-        return arr
+        return read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
+                           zero_is_nodata=self.opts.zero_is_nodata)
 
     def _mov_patch(self, c, col0, row0, w, h, model):
         return resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
@@ -311,9 +312,9 @@ class Matcher:
         return out
 
     def tie_points(self, c: float, model: Transform, R: int, surfaces: list[Surface], kind: str,
-                   info: dict, consensus: bool = True, preds: np.ndarray | None = None,
-                   radius: float = None) -> list[TieMatch]:
-        """Consensus displacement field over the level, then each tile's guided peak as a tie point."""
+                   info: dict, preds: np.ndarray | None = None, radius: float | None = None) -> list[TieMatch]:
+        """Each tile's guided peak as a tie point, around `preds` (displacements per tile) or, when
+        none are given, around the level's consensus displacement field of `kind`."""
         s = self.s
         T = s.level_transform(c)
         for sf in surfaces:
@@ -328,11 +329,9 @@ class Matcher:
         kind = kind if kind in ("translation", "similarity", "affine") else "affine"
         if preds is not None:
             pred = preds
-        elif consensus:
-            pred, params, score = consensus_model(surfaces, R, kind, max(ext, 1.0))
+        else:
+            pred, _, score = consensus_model(surfaces, R, kind, max(ext, 1.0))
             info.update({"consensus": kind, "consensus_ncc": score})
-        else:  # the current model is already a whole-overlap estimate at this resolution
-            pred = np.zeros((len(surfaces), 2))
         ties = []
         for sf, d in zip(surfaces, pred):
             pk = guided_peak(sf.surf, R, d, radius=radius or GUIDED_RADIUS)
@@ -350,11 +349,9 @@ class Matcher:
             xr, yr = apply_affine(T, cx, cy)
             xd, yd = apply_affine(T, cx + dx, cy + dy)
             xm, ym = model(xd, yd)
-            tie = TieMatch(c * s.f_match, sf.tile.index, sf.tile.col0, sf.tile.row0, sf.tile.size,
-                           (float(xr), float(yr)), (float(xm), float(ym)), (float(dx), float(dy)),
-                           v, v - float(np.max(sf.surf)), rec.get("prompt"))
-            tie._rec = rec  # type: ignore[attr-defined]
-            ties.append(tie)
+            ties.append(TieMatch(c * s.f_match, sf.tile.index, sf.tile.col0, sf.tile.row0, sf.tile.size,
+                                 (float(xr), float(yr)), (float(xm), float(ym)), (float(dx), float(dy)),
+                                 v, v - float(np.max(sf.surf)), rec.get("prompt"), rec))
         return ties
 
     # ---------------------------------------------------------------- fitting per level
@@ -410,7 +407,7 @@ class Matcher:
                 surfaces = self.correlate_tiles(c, cand, R, tiles, label + (f" (hypothesis {h_i + 1})" if h_i else ""))
                 info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size,
                         "radius_px": R}
-                ties = self.tie_points(c, cand, R, surfaces, kind, info, consensus=True)
+                ties = self.tie_points(c, cand, R, surfaces, kind, info)
                 lfit = self.fit_level(ties, c, kind, thr)
                 support = (int(lfit.inliers.sum()) if lfit is not None else 0) + info.get("consensus_ncc", 0.0)
                 if c == factors[0]:
@@ -457,8 +454,8 @@ class Matcher:
         if entered_translation:
             R = int(math.ceil(radius)) + 2
             surfaces = self.correlate_tiles(c, g, R, tiles, "refining")
-            return self.tie_points(c, g, R, surfaces, "translation", {}, consensus=False,
-                                   preds=np.zeros((len(surfaces), 2)), radius=radius)
+            return self.tie_points(c, g, R, surfaces, "translation", {}, preds=np.zeros((len(surfaces), 2)),
+                                   radius=radius)
         s = self.s
         T = s.level_transform(c)
         inv = ~T
@@ -470,8 +467,8 @@ class Matcher:
             px, py = apply_affine(inv, ux, uy)
             preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
             sf.rec.pop("skipped", None)
-        return self.tie_points(c, model_in, R_in, surfaces, "translation", {}, consensus=False,
-                               preds=np.array(preds), radius=radius)
+        return self.tie_points(c, model_in, R_in, surfaces, "translation", {}, preds=np.array(preds),
+                               radius=radius)
 
 
 def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
@@ -539,18 +536,21 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
                                   scene.ref_res, opts.threshold)
     if final is not None and m.final_level is not None and final.kind != "tps":
         # guided re-measurement: every tile's own peak near the final model, then the final fit
+        records = m.tile_records
         ties2 = m.remeasure(final.transform, radius=1.0)
+        f2 = None
         if len(ties2) >= 2:
             f2 = fit_transform(final.kind, np.array([t.ref_xy for t in ties2]), np.array([t.mov_xy for t in ties2]),
                                scene.ref_res, opts.threshold)
             f2, _, _ = decide(f2, ties2, final.kind, opts.min_inliers, scene.ref_res, opts.threshold)
-            if f2 is not None and f2.kind == final.kind:
-                final, ties = f2, ties2
+        if f2 is not None and f2.kind == final.kind:
+            final, ties = f2, ties2
+        else:  # keep the first measurement and its tile records
+            m.tile_records = records
     if final is not None:
         for t, inl in zip(ties, final.inliers):
-            rec = getattr(t, "_rec", None)
-            if rec is not None:
-                rec["inlier"] = bool(inl)
+            if t.rec is not None:
+                t.rec["inlier"] = bool(inl)
     n_skipped = sum(1 for r in m.tile_records if "skipped" in r)
     counts = {"tiles_tried": len(m.tile_records), "tiles_skipped": n_skipped, "tiles_matched": len(ties),
               "inliers": int(final.inliers.sum()) if final is not None else 0}

@@ -142,7 +142,7 @@ def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timi
     fit = res.fit
     ties_out = []
     for i, t in enumerate(res.ties):
-        d = {"tile": t.tile, "ref_xy": t.ref_xy, "mov_xy": t.mov_xy, "score": t.score, "distinct": t.distinct}
+        d = {"tile": t.tile, "ref_xy": t.ref_xy, "mov_xy": t.mov_xy, "score": t.score, "gap_to_surface_max": t.gap}
         if fit is not None:
             d["inlier"] = bool(fit.inliers[i])
             d["residual_ref_px"] = float(np.hypot(*fit.residuals[i]))
