@@ -25,6 +25,10 @@ CASES = {
                                           sar_format="uint8", nodata_border=12, seed=4),
     "large_shift_38px": dict(size=384, res=1.0, shift_px=(38.2, -36.7), sar_format="float32_db", seed=6),
     "smaller_than_one_tile_160px": dict(size=160, shift_px=(6.6, -9.2), sar_format="float32_db", seed=7),
+    # a SAR footprint smaller than the optical's and an error of ~38 px on both axes: the nominal
+    # overlap then holds a 38 px band with no SAR data under it (tiles must follow the true overlap)
+    "small_sar_crop_large_shift": dict(size=256, sar_size=180, shift_px=(37.5, -38.9), rot_deg=1.2,
+                                       scale=1.01, sar_format="uint16_power", seed=8),
 }
 
 
