@@ -36,7 +36,12 @@ DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has n
 TRANSLATION_MISFIT = 0.06
 GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
 N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
-NMS_RADIUS = 6  # level px suppressed around a level-0 peak
+# level-0 px suppressed around a level-0 peak: closer alternatives lie inside the first tile level's
+# search radius anyway, so only distant ones are worth a hypothesis of their own
+NMS_RADIUS = 16
+# an alternative hypothesis must beat the strongest level-0 peak by this much tile support (about two
+# more inliers): ties and one-inlier differences are noise and the strongest peak keeps its claim
+HYPOTHESIS_MARGIN = 1.5
 
 
 @dataclass
@@ -412,7 +417,7 @@ class Matcher:
                 support = (int(lfit.inliers.sum()) if lfit is not None else 0) + info.get("consensus_ncc", 0.0)
                 if c == factors[0]:
                     ginfo["candidates"][h_i]["support"] = support
-                if best is None or support > best[0]:
+                if best is None or support > best[0] + HYPOTHESIS_MARGIN:
                     best = (support, cand, ties, lfit, info, self.tile_records)
             _, model_in, ties, lfit, info, self.tile_records = best
             model = model_in
