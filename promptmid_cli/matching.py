@@ -65,50 +65,62 @@ def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, sm
     def fft(x):
         return torch.fft.rfft2(x, s=(Py, Px))
 
-    def corr(fa, fb):  # sum_x a[x+d] b[x]
+    def corr(fa, fb):  # sum_x a[x+d] b[x] over the displacements kept (see below)
         r = torch.fft.irfft2(fa * fb.conj(), s=(Py, Px))
+        if valid_only:  # d = 0 .. H-h sits at index d: no wrap to undo
+            return r[..., : H - h + 1, : W - w + 1]
         # bring displacements -(h-1)..H-1 into one contiguous block
         r = torch.roll(r, shifts=(h - 1, w - 1), dims=(-2, -1))
         return r[..., : H + h - 1, : W + w - 1]
+
+    def place(x, fill):  # valid-only results into the full displacement layout
+        if not valid_only:
+            return x
+        full = torch.full((H + h - 1, W + w - 1), fill, dtype=x.dtype)
+        full[h - 1:H, w - 1:W] = x
+        return full
 
     nccs, fracs = [], []
     # one item and a few channels at a time: memory stays at a few FFT planes whatever the batch
     for b in range(B):
         if valid_only and bool(tmask[b].all()) and bool(smask[b].all()):
             ncc = _full_valid_ncc(tmpl[b].to(dt), search[b].to(dt), Py, Px, channel_chunk)
-            full = torch.full((H + h - 1, W + w - 1), -1.0, dtype=dt)
-            frac = torch.zeros_like(full)
-            full[h - 1:H, w - 1:W] = ncc
-            frac[h - 1:H, w - 1:W] = 1.0
-            nccs.append(full)
-            fracs.append(frac)
+            nccs.append(place(ncc, -1.0))
+            fracs.append(place(torch.ones_like(ncc), 0.0))
             continue
         tm = tmask[b].to(dt)
         sm = smask[b].to(dt)
         Fm_s, Fm_t = fft(sm), fft(tm)
         n = corr(Fm_s, Fm_t).clamp_min(0)
         n_safe = n.clamp_min(1.0)
-        num = torch.zeros_like(n)
-        vf = torch.zeros_like(n)
-        vt = torch.zeros_like(n)
+        # channel sums that are linear in the spectra are accumulated in the frequency domain (one
+        # inverse FFT each); only the per-channel window sums S_f, S_t need their own inverses
+        cross = None
+        s2 = torch.zeros_like(sm)
+        t2 = torch.zeros_like(tm)
+        sfst = torch.zeros_like(n)
+        sfsf = torch.zeros_like(n)
+        stst = torch.zeros_like(n)
         for c0 in range(0, C, channel_chunk):
             t = tmpl[b, c0:c0 + channel_chunk].to(dt) * tm
             s = search[b, c0:c0 + channel_chunk].to(dt) * sm
             F_s, F_t = fft(s), fft(t)
+            prod = (F_s * F_t.conj()).sum(0)
+            cross = prod if cross is None else cross + prod
             S_f = corr(F_s, Fm_t)
             S_t = corr(Fm_s, F_t)
-            num += (corr(F_s, F_t) - S_f * S_t / n_safe).sum(0)
-            vf += (corr(fft(s * s), Fm_t) - S_f * S_f / n_safe).sum(0)
-            vt += (corr(Fm_s, fft(t * t)) - S_t * S_t / n_safe).sum(0)
+            sfst += (S_f * S_t).sum(0)
+            sfsf += (S_f * S_f).sum(0)
+            stst += (S_t * S_t).sum(0)
+            s2 += (s * s).sum(0)
+            t2 += (t * t).sum(0)
+        num = corr(cross, torch.ones_like(cross)) - sfst / n_safe
+        vf = corr(fft(s2), Fm_t) - sfsf / n_safe
+        vt = corr(Fm_s, fft(t2)) - stst / n_safe
         den = (vf.clamp_min(0) * vt.clamp_min(0)).sqrt()
         ncc = torch.where(den > 1e-9, num / den.clamp_min(1e-12), torch.zeros_like(num)).clamp(-1, 1)
-        frac = n / tm.sum().clamp_min(1.0)
-        if ncc.shape != (H + h - 1, W + w - 1):  # valid_only with a small FFT: pad to the full index range
-            pad = (0, W + w - 1 - ncc.shape[1], 0, H + h - 1 - ncc.shape[0])
-            ncc = torch.nn.functional.pad(ncc, pad, value=-1.0)
-            frac = torch.nn.functional.pad(frac, pad, value=0.0)
-        nccs.append(ncc)
-        fracs.append(frac)
+        nccs.append(place(ncc, -1.0))
+        fracs.append(place(n / tm.sum().clamp_min(1.0), 0.0))
     return torch.stack(nccs), torch.stack(fracs)
 
 
