@@ -195,7 +195,7 @@ def register(cfg: RegisterConfig, progress=None) -> dict:
     # dominate peak memory on whole scenes; a user's own GDAL_CACHEMAX wins
     import rasterio
 
-    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256 * 2 ** 20}
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 128 * 2 ** 20}
     with rasterio.Env(**env):
         return _register(cfg, progress)
 
