@@ -80,31 +80,45 @@ class FAM(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location="cpu") -> "FAM":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        p = Path(path).expanduser()
-        if p.is_dir():
-            p = p / FAM_FILE
-        if not p.is_file():
-            raise BadInput(f"FAM weights not found: {path}")
+        cfg, state = read_weights(path, FAM_FILE, "promptmid_fam", "FAM", device=str(map_location))
         try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-            if "promptmid_fam" in meta:
-                cfg = json.loads(meta["promptmid_fam"])
-            elif p.with_suffix(".json").is_file():
-                cfg = json.loads(p.with_suffix(".json").read_text())
-            else:
-                raise BadInput(f"FAM weights {p} carry no configuration (expected {p.with_suffix('.json').name})")
             model = cls(**cfg)
-            model.load_state_dict(load_file(str(p), device=str(map_location)))
-        except BadInput:
-            raise
+            model.load_state_dict(state)
         except Exception as e:
-            raise BadInput(f"cannot read FAM weights {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-                from None
+            raise BadInput(f"cannot read FAM weights {path}: {_first_line(e)}") from None
         return model.eval()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def read_weights(path: str | Path, default_file: str, meta_key: str, what: str, device: str = "cpu"):
+    """(config dict, state dict) of weights saved as safetensors whose configuration sits in the
+    file's metadata under `meta_key` or in a JSON file beside it; a folder means `default_file` in it.
+    Missing or unreadable files are BadInput with a one-line reason."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / default_file
+    if not p.is_file():
+        raise BadInput(f"{what} weights not found: {path}")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta_key in meta:
+            cfg = json.loads(meta[meta_key])
+        elif p.with_suffix(".json").is_file():
+            cfg = json.loads(p.with_suffix(".json").read_text())
+        else:
+            raise BadInput(f"{what} weights {p} carry no configuration (expected {p.with_suffix('.json').name})")
+        return cfg, load_file(str(p), device=device)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"cannot read {what} weights {p}: {_first_line(e)}") from None
 
 
 def l2n(x: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -159,7 +159,7 @@ def resolve_model_dir(
         folder = Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=allow_patterns,
                                         local_files_only=offline))
     except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, network errors...
-        hint = (f"; download it first with `promptmid models download` or pass a local folder"
+        hint = ("; download it first with `promptmid models download` or pass a local folder"
                 if offline else f" ({type(e).__name__})")
         raise BadInput(f"{kind} model {name!r}{'@' + revision if revision else ''} is not available "
                        f"locally{hint}") from None

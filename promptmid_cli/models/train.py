@@ -484,31 +484,19 @@ def load_lora_into_unet(unet, path: str | Path) -> None:
     """Add the LoRA adapter saved by ``train --stage dm`` to a UNet2DConditionModel."""
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / LORA_FILE
-    if not p.is_file():
-        raise BadInput(f"LoRA weights not found: {path}")
+    from .fam import _first_line, read_weights
+
+    cfg, state = read_weights(path, LORA_FILE, "promptmid_lora", "LoRA")
     try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        cfg = json.loads(meta["promptmid_lora"]) if "promptmid_lora" in meta else json.loads(
-            p.with_suffix(".json").read_text())
-        state = load_file(str(p))
         unet.add_adapter(LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"],
                                     target_modules=cfg["target_modules"], init_lora_weights="gaussian"))
         res = set_peft_model_state_dict(unet, state)
-    except BadInput:
-        raise
     except Exception as e:
-        raise BadInput(f"cannot load LoRA weights {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        raise BadInput(f"cannot load LoRA weights {path}: {_first_line(e)}") from None
     unexpected = getattr(res, "unexpected_keys", None) or []
     if unexpected:
-        raise BadInput(f"LoRA weights {p} do not fit this UNet ({len(unexpected)} unexpected tensors)")
+        raise BadInput(f"LoRA weights {path} do not fit this UNet ({len(unexpected)} unexpected tensors)")
 
 
 def train_dm(pairs, out_dir: Path, *, steps, lr, batch_size, crop, sd_model, sd_timestep, device, dtype, resume,
