@@ -190,7 +190,9 @@ class Matcher:
         return to_intensity(arr, modality, domain, band)
 
     # ---------------------------------------------------------------- level 0
-    def global_translation(self, c0: int) -> tuple[list[Transform], dict]:
+    def level0_hypotheses(self, c0: int) -> tuple[list[Transform], dict]:
+        """Translations of the whole overlap (strongest first) from one masked correlation on the
+        level-0 grid over the full --max-shift range."""
         s = self.s
         col0, row0, w, h = s.level_window(c0)
         R = int(math.ceil(self.opts.max_shift / (s.f_match * c0))) + 2
@@ -379,7 +381,7 @@ class Matcher:
         factors = [c0]
         while factors[-1] > 1:
             factors.append(max(1, factors[-1] // 4))
-        candidates, ginfo = self.global_translation(c0)
+        candidates, ginfo = self.level0_hypotheses(c0)
         model = candidates[0]
         model_is_translation = True
         # the georeference was wrong by the shift just found: place the tiles over the *true* overlap
