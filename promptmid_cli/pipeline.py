@@ -537,7 +537,7 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
         kind, bic = select_model(src, dst, scene.ref_res, final.kind)
         selection = {"requested": final.kind, "selected": kind, "bic": bic}
         if kind != final.kind:
-            warns.append(f"the tie points do not support a {final.kind} model over a {kind} (BIC); "
+            warns.append(f"the tie points do not support the {final.kind} model better than {kind} (BIC); "
                          f"using {kind} (--no-model-selection keeps {final.kind})")
             final = fit_transform(kind, np.array([t.ref_xy for t in ties]), np.array([t.mov_xy for t in ties]),
                                   scene.ref_res, opts.threshold)
