@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -282,7 +283,8 @@ class Matcher:
         self.progress("start", label, len(tiles))
         workers = max(1, int(self.opts.workers))
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            prepared = ex.map(lambda t: self._prepare(c, model, R, t), tiles) if workers > 1 else \
+            prepared = _bounded_map(ex, lambda t: self._prepare(c, model, R, t), tiles,
+                                    ahead=self.opts.batch_size + workers) if workers > 1 else \
                 (self._prepare(c, model, R, t) for t in tiles)
             for tile, rec, job in prepared:
                 if job is None:
@@ -476,6 +478,23 @@ class Matcher:
             sf.rec.pop("skipped", None)
         return self.tie_points(c, model_in, R_in, surfaces, "translation", {}, preds=np.array(preds),
                                radius=radius)
+
+
+def _bounded_map(ex, fn, items, ahead: int):
+    """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
+    everything at once, and prepared tile patches would pile up in memory (~1 GB on a whole
+    Sentinel-2 scene) faster than the correlation consumes them."""
+    pending = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(ex.submit(fn, item))
+        if len(pending) >= ahead:
+            break
+    for item in it:
+        yield pending.popleft().result()
+        pending.append(ex.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
