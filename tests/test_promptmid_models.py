@@ -1,23 +1,19 @@
 """PromptMID backbones, descriptor and FAM with tiny random models (CPU, offline)."""
 
-import os
+# HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set by conftest.py before any import
+import json
+import shutil
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import pytest
+import torch
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from promptmid_cli.descriptors.base import PatchPair  # noqa: E402
-from promptmid_cli.descriptors.promptmid import PromptMIDDescriptor, promptmid_available  # noqa: E402
-from promptmid_cli.errors import BadInput  # noqa: E402
-from promptmid_cli.models import loading  # noqa: E402
-from promptmid_cli.models.fam import FAM, zero_shot_fuse  # noqa: E402
-from promptmid_cli.models.features import to_grid  # noqa: E402
-from promptmid_cli.models.tiny import tiny_models  # noqa: E402
+from promptmid_cli.descriptors.base import PatchPair
+from promptmid_cli.descriptors.promptmid import PromptMIDDescriptor, promptmid_available
+from promptmid_cli.errors import BadInput
+from promptmid_cli.models import loading
+from promptmid_cli.models.fam import FAM, zero_shot_fuse
+from promptmid_cli.models.features import to_grid
+from promptmid_cli.models.tiny import tiny_models
 
 
 @pytest.fixture(scope="module")

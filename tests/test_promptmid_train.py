@@ -1,22 +1,18 @@
 """`train --stage fam|dm` on the bigearthnet-common Sentinel-1/2 pairs with tiny backbones."""
 
-import os
+# HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set by conftest.py before any import
+import json
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import numpy as np
+import pytest
+import torch
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from promptmid_cli.descriptors.base import PatchPair  # noqa: E402
-from promptmid_cli.descriptors.promptmid import PromptMIDDescriptor  # noqa: E402
-from promptmid_cli.errors import BadInput  # noqa: E402
-from promptmid_cli.models.fam import FAM  # noqa: E402
-from promptmid_cli.models.tiny import bigearthnet_pairs_csv, tiny_models  # noqa: E402
-from promptmid_cli.models.train import discover_pairs, load_pair, train  # noqa: E402
+from promptmid_cli.descriptors.base import PatchPair
+from promptmid_cli.descriptors.promptmid import PromptMIDDescriptor
+from promptmid_cli.errors import BadInput
+from promptmid_cli.models.fam import FAM
+from promptmid_cli.models.tiny import bigearthnet_pairs_csv, tiny_models
+from promptmid_cli.models.train import discover_pairs, load_pair, train
 
 
 @pytest.fixture(scope="module")
