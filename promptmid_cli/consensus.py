@@ -16,6 +16,8 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.optimize import minimize
 
+from .matching import parabola_offset
+
 
 @dataclass
 class Surface:
@@ -25,17 +27,10 @@ class Surface:
     rec: dict
 
 
-def _parabola(a: float, b: float, c: float) -> float:
-    d = a - 2 * b + c
-    if d >= 0:
-        return 0.0
-    return float(max(-0.5, min(0.5, 0.5 * (a - c) / d)))
-
-
 def _subpixel(s: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
     K0, K1 = s.shape
-    fy = _parabola(s[iy - 1, ix], s[iy, ix], s[iy + 1, ix]) if 0 < iy < K0 - 1 else 0.0
-    fx = _parabola(s[iy, ix - 1], s[iy, ix], s[iy, ix + 1]) if 0 < ix < K1 - 1 else 0.0
+    fy = parabola_offset(s[iy - 1, ix], s[iy, ix], s[iy + 1, ix]) if 0 < iy < K0 - 1 else 0.0
+    fx = parabola_offset(s[iy, ix - 1], s[iy, ix], s[iy, ix + 1]) if 0 < ix < K1 - 1 else 0.0
     return iy + fy, ix + fx
 
 

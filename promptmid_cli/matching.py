@@ -35,12 +35,7 @@ class PeakResult:
     dy: float  # displacement (search coords - template coords), sub-pixel
     dx: float
     score: float  # peak NCC
-    second: float  # best NCC outside the peak's neighbourhood
     overlap: float  # overlapping valid fraction of the template at the peak
-
-    @property
-    def distinct(self) -> float:
-        return self.score - self.second
 
 
 def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
@@ -154,7 +149,8 @@ def _full_valid_ncc(t: torch.Tensor, f: torch.Tensor, Py: int, Px: int, chunk: i
     return ncc.to(t.dtype).clamp(-1, 1)
 
 
-def _parabola(a: float, b: float, c: float) -> float:
+def parabola_offset(a: float, b: float, c: float) -> float:
+    """Sub-pixel offset of the maximum of a parabola through (-1, a), (0, b), (1, c), in [-0.5, 0.5]."""
     d = a - 2 * b + c
     if d >= 0:  # not a maximum
         return 0.0
@@ -162,7 +158,7 @@ def _parabola(a: float, b: float, c: float) -> float:
 
 
 def find_peaks(ncc: torch.Tensor, frac: torch.Tensor, h: int, w: int, center, radius,
-               min_overlap: float = 0.5, exclude: int = 4) -> list[PeakResult | None]:
+               min_overlap: float = 0.5) -> list[PeakResult | None]:
     """Best displacement per batch item within |d - center| <= radius (per axis), sub-pixel.
 
     center: [(dy, dx)] per item; radius: (ry, rx) or per-item list.
@@ -185,16 +181,12 @@ def find_peaks(ncc: torch.Tensor, frac: torch.Tensor, h: int, w: int, center, ra
         if best <= -1.5:
             out.append(None)
             continue
-        # second best outside the neighbourhood of the peak (distinctiveness)
-        excl = ((iy - (py - (h - 1))).abs() <= exclude) & ((ix - (px - (w - 1))).abs() <= exclude)
-        rest = torch.where(excl, torch.full_like(score, -2.0), score)
-        second = float(rest.max()) if bool((rest > -1.5).any()) else -1.0
         fy = fx = 0.0
         if 0 < py < Hn - 1 and bool(allowed[py - 1, px]) and bool(allowed[py + 1, px]):
-            fy = _parabola(float(ncc[b, py - 1, px]), best, float(ncc[b, py + 1, px]))
+            fy = parabola_offset(float(ncc[b, py - 1, px]), best, float(ncc[b, py + 1, px]))
         if 0 < px < Wn - 1 and bool(allowed[py, px - 1]) and bool(allowed[py, px + 1]):
-            fx = _parabola(float(ncc[b, py, px - 1]), best, float(ncc[b, py, px + 1]))
-        out.append(PeakResult(dy=py - (h - 1) + fy, dx=px - (w - 1) + fx, score=best, second=second,
+            fx = parabola_offset(float(ncc[b, py, px - 1]), best, float(ncc[b, py, px + 1]))
+        out.append(PeakResult(dy=py - (h - 1) + fy, dx=px - (w - 1) + fx, score=best,
                               overlap=float(frac[b, py, px])))
     return out
 
@@ -205,9 +197,6 @@ def upsample_to(desc: torch.Tensor, size) -> torch.Tensor:
         return desc
     return F.interpolate(desc[None], size=size, mode="bilinear", align_corners=False)[0]
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 

@@ -228,8 +228,7 @@ def _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nod
     return block
 
 
-def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False,
-                      progress=None) -> dict:
+def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False) -> dict:
     """--grid moving: the moving pixels unchanged, only the georeference corrected.
 
     Same CRS and an affine-family model: the corrected geotransform is exact (g^-1 composed with the

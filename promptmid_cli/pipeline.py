@@ -222,7 +222,7 @@ class Matcher:
         cands = []
         # several distinct peaks: the first tile level decides between them (multi-hypothesis)
         for _ in range(N_HYPOTHESES):
-            peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3, exclude=3)[0]
+            peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3)[0]
             if peak is None or (cands and peak.score < 0.5 * cands[0][1]):
                 break
             d = np.array([peak.dx - R, peak.dy - R])

@@ -107,7 +107,7 @@ def make_backend(cfg: RegisterConfig):
     return get_backend(cfg.descriptor, cfg.descriptor_options)
 
 
-def make_tile_prompter(cfg: RegisterConfig, warnings: list):
+def make_tile_prompter(cfg: RegisterConfig):
     """Adapter from the pipeline's raw tile windows to the land-use prompt selector."""
     from .prompts import default_classes, load_prompt_file, make_selector
     from .prompts.selectors import TileImages
@@ -215,8 +215,7 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
         timings = {}
         t = time.perf_counter()
         scene = build_scene(ref, mov, rm, mm, cfg.match)
-        warnings: list = []
-        prompter, selector = make_tile_prompter(cfg, warnings)
+        prompter, selector = make_tile_prompter(cfg)
         backend = make_backend(cfg)
         timings["setup"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -263,7 +262,7 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
                 extra["output_grid"] = {"grid": "reference"}
             else:
                 extra["output_grid"] = {"grid": "moving",
-                                        **write_moving_grid(mov, ref.crs, g, cfg.out, co, cog=cfg.cog, progress=progress)}
+                                        **write_moving_grid(mov, ref.crs, g, cfg.out, co, cog=cfg.cog)}
         timings["write"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         extra["correction"] = _correction_summary(res)
