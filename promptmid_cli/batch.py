@@ -214,8 +214,8 @@ def config_from_params(p: dict):
     from dataclasses import fields
 
     from .cli import CONFIG_KEYS, _load_config
-    from .pipeline import MatchOptions
-    from .register import RegisterConfig
+    from .config import MatchOptions
+    from .config import RegisterConfig
 
     cfgfile = _load_config(Path(p["config"]) if p.get("config") else None)
     cli_vals = {k: p.get(k) for k in ("descriptor", "sd_model", "vfm_model", "fam_weights", "sd_timestep", "device",

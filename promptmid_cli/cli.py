@@ -147,9 +147,9 @@ def register(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
 ):
     """Register SAR onto optical (or the reverse) and write raster, GCPs, VRT and report."""
-    from .pipeline import MatchOptions
+    from .config import MatchOptions
     from .progress import progress_callback
-    from .register import RegisterConfig
+    from .config import RegisterConfig
     from .register import register as run_register
 
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from affine import Affine
 
+from .config import MatchOptions  # noqa: F401 (re-exported)
 from .descriptors.base import PatchPair
 from .errors import BadInput, RegistrationFailed
 from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, invert, select_model,
@@ -43,25 +44,6 @@ NMS_RADIUS = 16
 # an alternative hypothesis must beat the strongest level-0 peak by this much tile support (about two
 # more inliers): ties and one-inlier differences are noise and the strongest peak keeps its claim
 HYPOTHESIS_MARGIN = 1.5
-
-
-@dataclass
-class MatchOptions:
-    model: str = "affine"
-    tile_size: int = 256
-    overlap: float = 0.25
-    max_shift: float = 128.0  # reference pixels
-    match_res: float | None = None  # reference map units; None: reference resolution
-    threshold: float = 2.0  # RANSAC inlier threshold, reference pixels
-    max_tiles: int = 400
-    min_inliers: int | None = None
-    min_score: float = 0.05
-    model_selection: bool = True
-    workers: int = 2  # threads reading/resampling tile patches
-    optical_band: int | None = None  # 0-based
-    sar_domain: str = "auto"
-    zero_is_nodata: bool = True
-    batch_size: int = 8
 
 
 @dataclass

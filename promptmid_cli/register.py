@@ -18,46 +18,12 @@ from .errors import BadInput, RegistrationFailed
 from .imaging import to_intensity
 from .outputs import (model_gcps, moving_map_coords, parse_creation_options, points_text, vrt_text,
                       warp_to_reference, write_moving_grid, write_report, write_text)
-from .pipeline import MatchOptions, RegistrationResult, build_scene, run_matching
+from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
+from .pipeline import RegistrationResult, build_scene, run_matching
 from .raster import apply_affine, open_raster
 
 MODELS = ("translation", "similarity", "affine", "homography", "poly2", "tps")
 RESAMPLING = ("nearest", "bilinear", "cubic", "lanczos")
-
-
-@dataclass
-class RegisterConfig:
-    optical: str
-    sar: str
-    out: str
-    gcp_out: str | None = None
-    report: str | None = None
-    vrt_out: str | None = None
-    tiles_out: str | None = None
-    overwrite: bool = False
-    moving: str = "sar"
-    grid: str = "reference"
-    resampling: str = "bilinear"
-    co: list[str] = field(default_factory=list)
-    cog: bool = False
-    match: MatchOptions = field(default_factory=MatchOptions)
-    descriptor: str = "auto"
-    descriptor_options: dict = field(default_factory=dict)
-    prompt_mode: str = "auto"
-    prompt: str | None = None
-    prompts_file: str | None = None
-    clip_model: str | None = None
-    nir_band: int | None = None  # 0-based
-    write_raster: bool = True
-
-    def sidecars(self) -> dict:
-        base = Path(self.out)
-        return {
-            "gcp": self.gcp_out or str(base.with_suffix(".points")),
-            "report": self.report or str(base.with_suffix(".json")),
-            "vrt": self.vrt_out or str(base.with_suffix(".gcps.vrt")),
-            "tiles": self.tiles_out,
-        }
 
 
 def check_outputs(cfg: RegisterConfig) -> dict:
