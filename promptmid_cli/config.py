@@ -13,7 +13,7 @@ from pathlib import Path
 @dataclass
 class MatchOptions:
     model: str = "affine"
-    tile_size: int = 256
+    tile_size: int | None = None  # template size at the finest level; None: auto (48-128 px by scene)
     overlap: float = 0.25
     max_shift: float = 128.0  # reference pixels
     match_res: float | None = None  # reference map units; None: reference resolution
@@ -60,6 +60,7 @@ class RegisterConfig:
     plot: str | None = None  # PNG summary figure (--plot)
     tie_points: str | None = None  # GeoPackage / GeoJSON tie-point layer (--tie-points)
     driver: str | None = None  # GDAL driver of the output raster (default: by extension)
+    gcp_pixel_coords: bool = False  # .points sourceX/Y as pixel/-line (QGIS Georeferencer on rotated rasters)
 
     def sidecars(self) -> dict:
         base = Path(self.out)

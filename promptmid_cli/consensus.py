@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import map_coordinates, maximum_filter
 from scipy.optimize import minimize
 
 from .matching import parabola_offset
@@ -34,12 +34,72 @@ def _subpixel(s: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
     return iy + fy, ix + fx
 
 
-def consensus_translation(surfs: list[Surface], R: int) -> tuple[float, float, float]:
-    """argmax of the summed surfaces -> (dx, dy, mean NCC at the peak)."""
+def peak_evidence(S: np.ndarray, iy: int, ix: int) -> dict:
+    """How much a correlation surface supports its peak at (iy, ix).
+
+    z: the peak's robust z-score against the surface *outside the peak's lobe* (farther than a
+    quarter of the window, at least 3 px; smoothed descriptors give broad lobes, and a z against the
+    whole surface would measure the lobe, not the match); a peak of noise reaches 3-4.
+    distinct: how far the peak stands above the best other local maximum more than 2 px away,
+    relative to its height above the background (0: a tie, a repeated pattern; 1: no rival).
+    confidence: both in one 0..1 figure."""
+    valid = S > -1.0
+    v = float(S[iy, ix])
+    yy, xx = np.indices(S.shape)
+    dist = np.maximum(np.abs(yy - iy), np.abs(xx - ix))
+    bg = S[valid & (dist > max(3, S.shape[0] // 4))]
+    if bg.size < 16:
+        bg = S[valid & (dist > 2)]
+    if bg.size < 4:
+        return {"z": 0.0, "distinct": 0.0, "confidence": 0.0}
+    med = float(np.median(bg))
+    mad = float(np.median(np.abs(bg - med))) * 1.4826 + 1e-4
+    z = (v - med) / mad
+    lm = (S >= maximum_filter(S, size=3, mode="constant", cval=-2.0)) & valid
+    rivals = S[lm & (dist > 2)]
+    v2 = float(rivals.max()) if rivals.size else med
+    distinct = float(np.clip((v - v2) / max(v - med, 1e-6), 0.0, 1.0))
+    conf = float(np.sqrt(np.clip((z - 3.0) / 5.0, 0.0, 1.0) * np.clip(distinct / 0.3, 0.0, 1.0)))
+    return {"z": float(z), "distinct": distinct, "confidence": conf}
+
+
+def consensus_translation(surfs: list[Surface], R: int) -> tuple[float, float, float, dict]:
+    """argmax of the summed surfaces -> (dx, dy, mean NCC at the peak, significance).
+
+    The significance of the summed surface's peak is what the level's answer rests on (a periodic
+    scene or a wrong prior gives rivals of equal height, see peak_evidence)."""
     S = np.mean([np.maximum(s.surf, -1.0) for s in surfs], axis=0)
     iy, ix = np.unravel_index(int(np.argmax(S)), S.shape)
     y, x = _subpixel(S, iy, ix)
-    return x - R, y - R, float(S[iy, ix])
+    ev = peak_evidence(S, iy, ix)
+    K = S.shape[0]
+    stats = {"consensus_z": ev["z"], "consensus_distinct": ev["distinct"],
+             # the summed peak on the border of the search window: the truth may lie outside it
+             "consensus_at_edge": bool(iy in (0, K - 1) or ix in (0, K - 1)),
+             "consensus_surfaces": len(surfs)}
+    return x - R, y - R, float(S[iy, ix]), stats
+
+
+def aligned_evidence(surfs: list[Surface], R: int, pred: np.ndarray) -> dict:
+    """Significance of a consensus displacement field: every template's surface is shifted so that
+    the field's prediction sits at the centre, and the mean of the shifted surfaces is judged like
+    one surface (peak_evidence). Unlike the plain sum, a rotation or scale does not smear it."""
+    stack = np.stack([s.surf for s in surfs]).astype(np.float64)
+    d = np.arange(-R, R + 1, dtype=float)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    acc = np.zeros(dy.shape)
+    cnt = np.zeros(dy.shape)
+    for i, (px, py) in enumerate(pred):
+        coords = np.stack([np.full(dy.size, i, float), (dy + py + R).ravel(), (dx + px + R).ravel()])
+        v = map_coordinates(stack, coords, order=1, mode="constant", cval=-2.0).reshape(dy.shape)
+        ok = v > -1.0
+        acc[ok] += v[ok]
+        cnt[ok] += 1
+    S = np.where(cnt > 0, acc / np.maximum(cnt, 1), -2.0)
+    c = R  # the field's own prediction; its best neighbour within 1 px is the peak
+    win = S[c - 1:c + 2, c - 1:c + 2]
+    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    return peak_evidence(S, c - 1 + iy, c - 1 + ix)
 
 
 def _predict(p: np.ndarray, kind: str, rel: np.ndarray) -> np.ndarray:
@@ -55,8 +115,10 @@ def _predict(p: np.ndarray, kind: str, rel: np.ndarray) -> np.ndarray:
     return t + rel @ A.T
 
 
-def consensus_model(surfs: list[Surface], R: int, kind: str, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Best displacement field of `kind` over the tiles. Returns (pred (N,2) dx,dy per tile, params, score).
+def consensus_model(surfs: list[Surface], R: int, kind: str, scale: float, order: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """Best displacement field of `kind` over the tiles. Returns (pred (N,2) dx,dy per tile, params,
+    score, significance of the translation consensus).
 
     `scale` (level px) normalises tile offsets so the linear part is well conditioned."""
     stack = np.stack([s.surf for s in surfs]).astype(np.float64)
@@ -68,10 +130,10 @@ def consensus_model(surfs: list[Surface], R: int, kind: str, scale: float) -> tu
     def score(p):
         d = _predict(p, kind, rel)
         coords = np.stack([idx, d[:, 1] + R, d[:, 0] + R])
-        v = map_coordinates(stack, coords, order=1, mode="constant", cval=-1.0)
+        v = map_coordinates(stack, coords, order=order, mode="constant", cval=-1.0)
         return float(v.mean())
 
-    tx, ty, best = consensus_translation(surfs, R)
+    tx, ty, best, stats = consensus_translation(surfs, R)
     p0 = np.array([tx, ty])
     if kind == "similarity":
         p0 = np.r_[p0, 0.0, 0.0]
@@ -83,7 +145,10 @@ def consensus_model(surfs: list[Surface], R: int, kind: str, scale: float) -> tu
         p = res.x if -res.fun >= score(p0) else p0
     else:
         p = p0
-    return np.array(_predict(p, kind, rel)), p, score(p)
+    pred = np.array(_predict(p, kind, rel))
+    ev = aligned_evidence(surfs, R, pred)
+    stats.update({"consensus_z": ev["z"], "consensus_distinct": ev["distinct"]})
+    return pred, p, score(p), stats
 
 
 def guided_peak(surf: np.ndarray, R: int, pred: np.ndarray, radius: float = 2.0):

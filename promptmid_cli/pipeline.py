@@ -1,65 +1,41 @@
-"""The registration pipeline: overlap -> pyramid of tile matches -> robust global fit.
+"""The registration pipeline: overlap -> hypotheses -> pyramid of template matches -> fit -> verdict.
 
-Coarse to fine. Level 0 correlates the whole overlap on a decimated grid (masked NCC over the full
-`--max-shift` range), which finds offsets larger than a tile, and keeps a few distinct peaks as
-hypotheses. Each following level matches tiles on a finer grid, searching around where the current
-model puts them (the first tile level tries every hypothesis), finds the level's consensus
-displacement field over all tiles' NCC surfaces, takes guided tie points and refits; the last level
-works on the match grid itself and gives the tie points of the final fit.
+Coarse to fine. Level 0 (`hypotheses.level0`) correlates the whole overlap on a decimated grid over
+the full `--max-shift` range and keeps a few distinct peaks as hypotheses. Each following level
+(`levels.TileLevel`) lays templates over the valid part of the true overlap, correlates them around
+where the current model puts them (the first tile level tries every hypothesis), finds the level's
+consensus displacement field, takes guided tie points and refits; the last level works on the
+match grid itself. The final model is re-measured (`remeasure`) and judged (`verdict.evaluate`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from affine import Affine
 
 from .config import MatchOptions  # noqa: F401 (re-exported)
-from .descriptors.base import PatchPair
 from .errors import BadInput, RegistrationFailed
-from .fitting import (MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, identity, invert, select_model,
-                      spread_ok)
-from .imaging import detect_sar_domain, normalize01, to_intensity
-from .matching import find_peaks, masked_ncc, upsample_to
-from .consensus import Surface, consensus_model, guided_peak
-from .raster import Raster, apply_affine, footprint, read_window, resample_moving
-from .tiling import Tile, tile_grid
+from .fitting import SIMPLER, FitResult, Transform, fit_transform, invert, select_model, spread_ok
+from .hypotheses import level0
+from .imaging import detect_sar_domain
+from .levels import TieMatch  # noqa: F401 (re-exported)
+from .levels import TileLevel
+from .patches import PatchReader
+from .raster import Raster, apply_affine, footprint
+from .tiling import auto_template_size, template_layout
+from .verdict import evaluate, min_points
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
-DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
-GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
-N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
-# level-0 px suppressed around a level-0 peak: closer alternatives lie inside the first tile level's
-# search radius anyway, so only distant ones are worth a hypothesis of their own
-NMS_RADIUS = 16
 # an alternative hypothesis must beat the strongest level-0 peak by this much tile support (about two
 # more inliers): ties and one-inlier differences are noise and the strongest peak keeps its claim
 HYPOTHESIS_MARGIN = 1.5
-
-
-@dataclass
-class TieMatch:
-    level: float
-    tile: int
-    col0: int
-    row0: int
-    size: int
-    ref_xy: tuple  # true ground position (reference CRS)
-    mov_xy: tuple  # where the moving georeference puts it (reference CRS)
-    shift_px: tuple  # residual displacement found at this level, level pixels (dx, dy)
-    score: float  # NCC at the tie point
-    gap: float  # NCC of the tie point minus the tile surface's global maximum (0: it is the global peak)
-    prompt: dict | None = None
-    rec: dict | None = field(default=None, repr=False)  # the tile's report record
+COARSE_TEMPLATES = 64  # templates per coarse tile level
 
 
 @dataclass
@@ -100,6 +76,7 @@ class RegistrationResult:
     model_requested: str = "affine"
     failure: str | None = None
     model_selection: dict | None = None
+    verdict: dict | None = None
 
 
 def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
@@ -142,234 +119,73 @@ def build_scene(ref: Raster, mov: Raster, ref_modality: str, mov_modality: str, 
                  f_match, (c0, r0, c1 - c0, r1 - r0), ref_res)
 
 
+
 class Matcher:
     """Runs the pyramid. `backend` is a DescriptorBackend; `selector`, if given, picks a prompt per tile."""
 
-    def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None,
-                 progress: Callable | None = None):
+    def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None, progress=None):
         self.s = scene
         self.backend = backend
         self.opts = opts
-        self.selector = selector
-        self.progress = progress or (lambda *a, **k: None)
+        self.reader = PatchReader(scene, opts)
+        self.level = TileLevel(self.reader, backend, opts, selector=selector, progress=progress)
         self.warnings: list[str] = []
         self.levels: list[dict] = []
-        self.tile_records: list[dict] = []
+        self.validity = None
         self.final_level = None
+        self.n_hypotheses = 1  # rotation/scale hypotheses searched (the translation search is in the coarse z)
 
-    # ---------------------------------------------------------------- patches
-    def _ref_patch(self, c, col0, row0, w, h):
-        return read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
-                           zero_is_nodata=self.opts.zero_is_nodata)
+    @property
+    def tile_records(self) -> list[dict]:
+        return self.level.records
 
-    def _mov_patch(self, c, col0, row0, w, h, model):
-        return resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
-                               point_map=model, zero_is_nodata=self.opts.zero_is_nodata)
+    @tile_records.setter
+    def tile_records(self, recs: list[dict]):
+        self.level.records = recs
 
-    def _intensity(self, arr, modality, domain):
-        band = self.opts.optical_band if modality == "optical" else None
-        if band is not None and band >= arr.shape[0]:
-            raise BadInput(f"--optical-band {band + 1} does not exist (the optical raster has {arr.shape[0]} bands)")
-        return to_intensity(arr, modality, domain, band)
-
-    # ---------------------------------------------------------------- level 0
-    def level0_hypotheses(self, c0: int) -> tuple[list[Transform], dict]:
-        """Translations of the whole overlap (strongest first) from one masked correlation on the
-        level-0 grid over the full --max-shift range."""
-        s = self.s
-        col0, row0, w, h = s.level_window(c0)
-        R = int(math.ceil(self.opts.max_shift / (s.f_match * c0))) + 2
-        m = DESC_MARGIN
-        ref = self._intensity(self._ref_patch(c0, col0 - m, row0 - m, w + 2 * m, h + 2 * m), s.ref_modality, s.ref_domain)
-        mov = self._intensity(self._mov_patch(c0, col0 - R - m, row0 - R - m, w + 2 * R + 2 * m,
-                                              h + 2 * R + 2 * m, None), s.mov_modality, s.mov_domain)
-        refn, refm = normalize01(ref)
-        movn, movm = normalize01(mov)
-        if refm.sum() < 64 or movm.sum() < 64:
-            raise RegistrationFailed("no valid pixels in the overlap (all nodata?)")
-        pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
-                         torch.from_numpy(movm), s.ref_modality, s.mov_modality)
-        (dr, dm), = self.backend.describe_pairs([pair])
-        dr = upsample_to(dr, ref.shape)[:, m:m + h, m:m + w]
-        dm = upsample_to(dm, mov.shape)[:, m:m + h + 2 * R, m:m + w + 2 * R]
-        tm = torch.from_numpy(_erode(refm)[m:m + h, m:m + w])
-        sm = torch.from_numpy(_erode(movm)[m:m + h + 2 * R, m:m + w + 2 * R])
-        ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None])
-        # rank by correlation times sqrt(overlap): a z-score-like significance, so a slightly higher
-        # NCC on a sliver of overlap at the edge of a large search range does not win
-        rank = torch.where(frac >= 0.3, ncc * frac.clamp(0, 1).sqrt(), torch.full_like(ncc, -1.0))
-        info = {"factor": c0 * s.f_match, "kind": "global", "radius_px": R, "grid": [w, h], "candidates": []}
-        T = s.level_transform(c0)
-        x0, y0 = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
-        cands = []
-        # several distinct peaks: the first tile level decides between them (multi-hypothesis)
-        for _ in range(N_HYPOTHESES):
-            peak = find_peaks(rank, frac, h, w, [(R, R)], (R, R), min_overlap=0.3)[0]
-            if peak is None or (cands and peak.score < 0.5 * cands[0][1]):
-                break
-            d = np.array([peak.dx - R, peak.dy - R])
-            x1, y1 = apply_affine(T, col0 + w / 2.0 + d[0], row0 + h / 2.0 + d[1])
-            t = identity((float(x0), float(y0)), s.ref_res)
-            t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]
-            cands.append((t, peak.score))
-            info["candidates"].append({"shift_ref_px": [float((x1 - x0) / s.ref_res), float((y1 - y0) / s.ref_res)],
-                                       "rank": peak.score})
-            # suppress this peak's neighbourhood before looking for the next
-            iy, ix = int(round(peak.dy + h - 1)), int(round(peak.dx + w - 1))
-            rank[0, max(0, iy - NMS_RADIUS):iy + NMS_RADIUS + 1, max(0, ix - NMS_RADIUS):ix + NMS_RADIUS + 1] = -1.0
-        if not cands:
-            raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
-        self.levels.append(info)
-        return [t for t, _ in cands], info
-
-    # ---------------------------------------------------------------- tile levels
-    def _prepare(self, c: float, model: Transform, R: int, tile: Tile):
-        """Read and normalise one tile's patches (thread-safe: GDAL and OpenCV release the GIL)."""
-        s = self.s
-        m = DESC_MARGIN
-        n = tile.size
-        ref_raw = self._ref_patch(c, tile.col0 - m, tile.row0 - m, n + 2 * m, n + 2 * m)
-        mov_raw = self._mov_patch(c, tile.col0 - R - m, tile.row0 - R - m, n + 2 * R + 2 * m,
-                                  n + 2 * R + 2 * m, model)
-        refn, refm = normalize01(self._intensity(ref_raw, s.ref_modality, s.ref_domain))
-        movn, movm = normalize01(self._intensity(mov_raw, s.mov_modality, s.mov_domain))
-        rec = {"level": c * s.f_match, "tile": tile.index, "col0": tile.col0, "row0": tile.row0, "size": n}
-        inner = refm[m:m + n, m:m + n]
-        prompt_info = None
-        if self.selector is not None:
-            # same ground window for both images: the search window minus its radius
-            prompt_info = self.selector(ref_raw, mov_raw[:, R:R + n + 2 * m, R:R + n + 2 * m], s)
-            rec["prompt"] = prompt_info
-        reason = None
-        if inner.mean() < 0.5:
-            reason = "reference tile mostly nodata"
-        elif movm[m:m + n + 2 * R, m:m + n + 2 * R].mean() < 0.3:
-            reason = "moving search window mostly nodata"
-        elif refn[m:m + n, m:m + n][inner].std() < 0.02 or movn[movm].std() < 0.02:
-            reason = "too little structure"
-        elif prompt_info is not None and prompt_info.get("featureless"):
-            reason = f"featureless land use ({prompt_info.get('class')})"
-        if reason:
-            rec["skipped"] = reason
-            return tile, rec, None
-        pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
-                         torch.from_numpy(movm), s.ref_modality, s.mov_modality,
-                         prompt=prompt_info.get("prompt") if prompt_info else None)
-        return tile, rec, (pair, _erode(refm), _erode(movm))
-
-    def correlate_tiles(self, c: float, model: Transform, R: int, tiles: list[Tile], label: str) -> list[Surface]:
-        """NCC surface (displacements within +-R of the model) for every usable tile at level c.
-        Patch reading runs on `workers` threads, ahead of the descriptor/correlation batches."""
-        surfaces: list[Surface] = []
-        jobs = []
-        self.progress("start", label, len(tiles))
-        workers = max(1, int(self.opts.workers))
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            prepared = _bounded_map(ex, lambda t: self._prepare(c, model, R, t), tiles,
-                                    ahead=self.opts.batch_size + workers) if workers > 1 else \
-                (self._prepare(c, model, R, t) for t in tiles)
-            for tile, rec, job in prepared:
-                if job is None:
-                    self.tile_records.append(rec)
-                    self.progress("advance", label, 1)
-                    continue
-                jobs.append((tile, job[0], rec, job[1], job[2]))
-                if len(jobs) >= self.opts.batch_size:
-                    surfaces += self._correlate(jobs, R, label)
-                    jobs = []
-        if jobs:
-            surfaces += self._correlate(jobs, R, label)
-        self.progress("stop", label, 0)
-        return surfaces
-
-    def _correlate(self, jobs, R, label) -> list[Surface]:
-        m = DESC_MARGIN
-        descs = self.backend.describe_pairs([j[1] for j in jobs])
-        n = jobs[0][0].size
-        tmpl = torch.stack([upsample_to(d[0], j[1].ref.shape)[:, m:m + n, m:m + n] for d, j in zip(descs, jobs)])
-        srch = torch.stack([upsample_to(d[1], j[1].mov.shape)[:, m:m + n + 2 * R, m:m + n + 2 * R]
-                            for d, j in zip(descs, jobs)])
-        tmask = torch.stack([torch.from_numpy(j[3][m:m + n, m:m + n]) for j in jobs])
-        smask = torch.stack([torch.from_numpy(j[4][m:m + n + 2 * R, m:m + n + 2 * R]) for j in jobs])
-        ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
-        # displacement index i <-> d = i - (n-1); keep d in [0, 2R] (template inside the window)
-        ncc = ncc[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
-        frac = frac[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
-        ncc = torch.where(frac >= 0.6, ncc, torch.full_like(ncc, -1.0)).numpy()
-        out = []
-        for (tile, _, rec, _, _), surf in zip(jobs, ncc):
-            self.progress("advance", label, 1)
-            out.append(Surface(tile, tile.center, surf.astype(np.float32), rec))
-        return out
-
-    def tie_points(self, c: float, model: Transform, R: int, surfaces: list[Surface], kind: str,
-                   info: dict, preds: np.ndarray | None = None, radius: float | None = None) -> list[TieMatch]:
-        """Each tile's guided peak as a tie point, around `preds` (displacements per tile) or, when
-        none are given, around the level's consensus displacement field of `kind`."""
-        s = self.s
-        T = s.level_transform(c)
-        for sf in surfaces:
-            self.tile_records.append(sf.rec)
-        if not surfaces:
-            return []
-        cen = np.array([sf.center for sf in surfaces], float)
-        ext = np.ptp(cen, axis=0).max() if len(cen) > 1 else 0.0
-        while kind != "translation" and (len(surfaces) < {"similarity": 4, "affine": 6}.get(kind, 6)
-                                         or not spread_ok(cen * s.ref_res * s.f_match * c, s.ref_res)):
-            kind = SIMPLER.get(kind, "translation")
-        kind = kind if kind in ("translation", "similarity", "affine") else "affine"
-        if preds is not None:
-            pred = preds
-        else:
-            pred, _, score = consensus_model(surfaces, R, kind, max(ext, 1.0))
-            info.update({"consensus": kind, "consensus_ncc": score})
-        ties = []
-        for sf, d in zip(surfaces, pred):
-            pk = guided_peak(sf.surf, R, d, radius=radius or GUIDED_RADIUS)
-            rec = sf.rec
-            rec["consensus_shift_px"] = [float(d[0]), float(d[1])]
-            if pk is None:
-                rec["skipped"] = "no valid displacement near the consensus"
-                continue
-            dx, dy, v, local = pk
-            rec.update({"score": v, "shift_px": [dx, dy], "local_max": local})
-            if not local or v < self.opts.min_score:
-                rec["skipped"] = "no local NCC maximum near the consensus" if not local else "weak match"
-                continue
-            cx, cy = sf.center
-            xr, yr = apply_affine(T, cx, cy)
-            xd, yd = apply_affine(T, cx + dx, cy + dy)
-            xm, ym = model(xd, yd)
-            ties.append(TieMatch(c * s.f_match, sf.tile.index, sf.tile.col0, sf.tile.row0, sf.tile.size,
-                                 (float(xr), float(yr)), (float(xm), float(ym)), (float(dx), float(dy)),
-                                 v, v - float(np.max(sf.surf)), rec.get("prompt"), rec))
-        return ties
-
-    # ---------------------------------------------------------------- fitting per level
-    def fit_level(self, ties: list[TieMatch], c: float, kind: str, threshold_px: float) -> FitResult | None:
-        if len(ties) < 2:
-            return None
-        src = np.array([t.ref_xy for t in ties])
-        dst = np.array([t.mov_xy for t in ties])
-        while kind != "translation" and (len(ties) < MIN_POINTS[kind] + 2 or not spread_ok(src, self.s.ref_res)):
-            kind = SIMPLER[kind]
-        return fit_transform(kind, src, dst, self.s.ref_res, threshold_px)
-
-    # ---------------------------------------------------------------- driver
-    def run(self) -> tuple[FitResult | None, list[TieMatch]]:
+    def factors(self) -> list[int]:
+        """Level factors: level 0 (the coarsest, at most ~COARSE_TARGET px) and then 4x finer each."""
         s, o = self.s, self.opts
-        col0, row0, W, H = s.level_window(1)
+        _, _, W, H = s.level_window(1)
         c0 = 1
         while (max(W, H) + 2 * o.max_shift / s.f_match) / c0 > COARSE_TARGET * 1.5:
             c0 *= 2
         factors = [c0]
         while factors[-1] > 1:
             factors.append(max(1, factors[-1] // 4))
-        candidates, ginfo = self.level0_hypotheses(c0)
+        return factors
+
+    def templates(self, c: float, model: Transform, final: bool):
+        """Templates of level c over the valid part of the true overlap (as `model` places it)."""
+        s, o = self.s, self.opts
+        lc0, lr0, lw, lh = s.level_window(c)
+        size = o.tile_size if (final and o.tile_size) else auto_template_size(lw, lh, coarse=not final)
+        if not final and o.tile_size:
+            size = min(size, o.tile_size)
+        max_n = o.max_tiles if final else min(COARSE_TEMPLATES, o.max_tiles)
+        T = s.level_transform(c)
+        u = (np.arange(5) + 0.5) / 5.0
+
+        def valid_fraction(tiles):
+            cols = np.array([t.col0 + u * t.size for t in tiles])  # (N, 5)
+            rows = np.array([t.row0 + u * t.size for t in tiles])
+            cc = np.repeat(cols[:, None, :], 5, axis=1)
+            rr = np.repeat(rows[:, :, None], 5, axis=2)
+            x, y = apply_affine(T, cc.ravel(), rr.ravel())
+            return self.validity.valid(x, y, model).reshape(len(tiles), -1).mean(axis=1)
+
+        return template_layout(lc0, lr0, lw, lh, size, max_n, valid_fraction, o.overlap)
+
+    def run(self) -> tuple[FitResult | None, list[TieMatch]]:
+        s, o = self.s, self.opts
+        factors = self.factors()
+        c0 = factors[0]
+        candidates, ginfo, self.validity = level0(self.reader, self.backend, c0, o.max_shift)
+        self.levels.append(ginfo)
         model = candidates[0]
         model_is_translation = True
-        # the georeference was wrong by the shift just found: place the tiles over the *true* overlap
-        # (otherwise a band as wide as the error holds tiles with no moving data under them)
+        # the georeference was wrong by the shift just found: place the templates over the *true*
+        # overlap (otherwise a band as wide as the error holds templates with no moving data)
         self._refine_window(model)
         prev_c, prev_rmse = c0, None
         fit, final_ties = None, []
@@ -377,35 +193,36 @@ class Matcher:
         # before the search windows shrink, so rotation/scale never has to fit in a radius
         for c in factors:
             final = c == 1
-            lc0, lr0, lw, lh = s.level_window(c)
+            _, _, lw, lh = s.level_window(c)
             if model_is_translation:
                 R = 2.0 * prev_c / c + TRANSLATION_MISFIT * 0.5 * math.hypot(lw, lh) + 3
             else:
                 R = 3.0 * prev_c / c + 3.0 * (prev_rmse or 1.0) / (s.f_match * c) + 3
             R = int(math.ceil(min(R, max(16, o.max_shift / (s.f_match * c)))))
-            size = o.tile_size if final else min(o.tile_size, 128)
-            size = int(min(size, max(48, min(lw, lh) // (2 if final else 3))))
-            tiles = tile_grid(lc0, lr0, lw, lh, size, o.overlap, o.max_tiles if final else min(64, o.max_tiles),
-                              min_per_axis=1)
             label = f"matching x{c * s.f_match:g}"
             entered_translation = model_is_translation
             kind = o.model if final else "affine"
             thr = max(o.threshold, 1.5 * s.f_match * c)
-            best = None
-            # the first tile level tries every level-0 hypothesis; the one whose tiles agree best wins
-            for h_i, cand in enumerate(candidates if c == factors[0] else [model]):
+            first = c == factors[0]
+            tried = []
+            # the first tile level tries every level-0 hypothesis; the one whose templates agree best wins
+            for h_i, cand in enumerate(candidates if first else [model]):
                 self.tile_records = []
-                surfaces = self.correlate_tiles(c, cand, R, tiles, label + (f" (hypothesis {h_i + 1})" if h_i else ""))
-                info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": size,
-                        "radius_px": R}
-                ties = self.tie_points(c, cand, R, surfaces, kind, info)
-                lfit = self.fit_level(ties, c, kind, thr)
+                tiles, layout = self.templates(c, cand, final)
+                surfaces = self.level.correlate(c, cand, R, tiles, label + (f" (hypothesis {h_i + 1})" if h_i else ""))
+                info = {"factor": c * s.f_match, "kind": "tiles", "tiles": len(tiles), "tile_size": layout["template_size"],
+                        "radius_px": R, "layout": layout}
+                ties = self.level.tie_points(c, cand, R, surfaces, kind, info)
+                lfit = self.level.fit(ties, kind, thr)
                 support = (int(lfit.inliers.sum()) if lfit is not None else 0) + info.get("consensus_ncc", 0.0)
-                if c == factors[0]:
-                    ginfo["candidates"][h_i]["support"] = support
-                if best is None or support > best[0] + HYPOTHESIS_MARGIN:
-                    best = (support, cand, ties, lfit, info, self.tile_records)
-            _, model_in, ties, lfit, info, self.tile_records = best
+                tried.append((support, cand, ties, lfit, info, self.tile_records, tiles, surfaces))
+            best = 0
+            for i, t in enumerate(tried):
+                if t[0] > tried[best][0] + HYPOTHESIS_MARGIN:
+                    best = i
+            if first:
+                self._record_hypotheses(ginfo, tried, best)
+            _, model_in, ties, lfit, info, self.tile_records, tiles, surfaces = tried[best]
             model = model_in
             info["matches"] = len(ties)
             if lfit is not None and lfit.inliers.sum() >= 2:
@@ -422,6 +239,24 @@ class Matcher:
                 self.final_level = (c, model_in, R, tiles, surfaces, entered_translation)
         return fit, final_ties
 
+    def _record_hypotheses(self, ginfo: dict, tried: list, best: int):
+        """Support of every level-0 hypothesis at the first tile level, and which won. A hypothesis
+        whose templates converged on the winner's answer is the same answer, not a rival."""
+        s = self.s
+        c0, r0, w, h = s.window
+        x, y = apply_affine(s.ref.transform, c0 + w / 2, r0 + h / 2)
+
+        def answer(t):
+            g = t[3].transform if t[3] is not None else t[1]
+            return np.array(g(x, y), float) / s.ref_res
+
+        a_best = answer(tried[best])
+        for i, t in enumerate(tried):
+            cand = ginfo["candidates"][i]
+            cand["support"] = float(t[0])
+            cand["same_as_chosen"] = bool(i != best and np.hypot(*(answer(t) - a_best)) < 3.0)
+        ginfo["chosen"] = best
+
     def _refine_window(self, g: Transform):
         s = self.s
         fp = footprint(s.mov, s.ref.crs)
@@ -436,17 +271,17 @@ class Matcher:
             s.window = (c0, r0, c1 - c0, r1 - r0)
 
     def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
-        """Guided re-measurement of the final tiles with the chosen model: each tile's own NCC peak
-        within `radius` px of where g predicts it becomes its tie point. When the final level was
+        """Guided re-measurement of the final templates with the chosen model: each template's own NCC
+        peak within `radius` px of where g predicts it becomes its tie point. When the final level was
         matched from a translation-only guess, the patches are first resampled again through g (so
-        rotation/scale inside a tile is gone); otherwise the level's surfaces are reused."""
+        rotation/scale inside a template is gone); otherwise the level's surfaces are reused."""
         c, model_in, R_in, tiles, surfaces, entered_translation = self.final_level
         self.tile_records = []
         if entered_translation:
             R = int(math.ceil(radius)) + 2
-            surfaces = self.correlate_tiles(c, g, R, tiles, "refining")
-            return self.tie_points(c, g, R, surfaces, "translation", {}, preds=np.zeros((len(surfaces), 2)),
-                                   radius=radius)
+            surfaces = self.level.correlate(c, g, R, tiles, "refining")
+            return self.level.tie_points(c, g, R, surfaces, "translation", {}, preds=np.zeros((len(surfaces), 2)),
+                                         radius=radius)
         s = self.s
         T = s.level_transform(c)
         inv = ~T
@@ -458,35 +293,9 @@ class Matcher:
             px, py = apply_affine(inv, ux, uy)
             preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
             sf.rec.pop("skipped", None)
-        return self.tie_points(c, model_in, R_in, surfaces, "translation", {}, preds=np.array(preds),
-                               radius=radius)
+        return self.level.tie_points(c, model_in, R_in, surfaces, "translation", {}, preds=np.array(preds),
+                                     radius=radius)
 
-
-def _bounded_map(ex, fn, items, ahead: int):
-    """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
-    everything at once, and prepared tile patches would pile up in memory (~1 GB on a whole
-    Sentinel-2 scene) faster than the correlation consumes them."""
-    pending = deque()
-    it = iter(items)
-    for item in it:
-        pending.append(ex.submit(fn, item))
-        if len(pending) >= ahead:
-            break
-    for item in it:
-        yield pending.popleft().result()
-        pending.append(ex.submit(fn, item))
-    while pending:
-        yield pending.popleft().result()
-
-
-def _erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
-    """Shrink a validity mask so pixels whose descriptor saw nodata are not compared."""
-    import cv2
-
-    if mask.all():
-        return mask
-    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
-    return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
 
 
 def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inliers: int | None,
@@ -500,7 +309,7 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
     dst = np.array([t.mov_xy for t in ties])
     kind = requested
     while True:
-        need = max(min_inliers or 0, MIN_POINTS[kind] + (1 if kind != "tps" else 0), 3)
+        need = max(min_inliers or 0, min_points(kind))
         f = fit if fit.kind == kind else fit_transform(kind, src, dst, scale, threshold)
         n_in = int(f.inliers.sum())
         ok_spread = kind == "translation" or spread_ok(src[f.inliers], scale)
@@ -519,6 +328,23 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
     return f, warnings, None
 
 
+
+def _correction_px(scene: Scene, g: Transform) -> float:
+    """Length of the correction at the overlap centre, reference pixels."""
+    c0, r0, w, h = scene.window
+    x, y = apply_affine(scene.ref.transform, c0 + w / 2, r0 + h / 2)
+    gx, gy = g(x, y)
+    return float(math.hypot(gx - x, gy - y) / scene.ref_res)
+
+
+def _check_points(ties: list[TieMatch], n: int = 7) -> np.ndarray:
+    """A lattice over the extent of the matched templates (where the data is), reference map coords."""
+    xy = np.array([t.ref_xy for t in ties], float)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n))
+    return np.c_[gx.ravel(), gy.ravel()]
+
+
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
     t0 = time.perf_counter()
     m = Matcher(scene, backend, opts, selector=selector, progress=progress)
@@ -528,7 +354,8 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
         return RegistrationResult(scene=scene, fit=None, ties=[], levels=m.levels, tiles=m.tile_records,
                                   warnings=m.warnings, timings={"matching_s": time.perf_counter() - t0},
                                   counts={"tiles_tried": 0, "tiles_skipped": 0, "tiles_matched": 0, "inliers": 0},
-                                  descriptor=backend.settings(), model_requested=opts.model, failure=str(e))
+                                  descriptor=backend.settings(), model_requested=opts.model, failure=str(e),
+                                  verdict=evaluate(None, [], m.levels, scene.ref_res, None, opts.max_shift, None))
     t1 = time.perf_counter()
     final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
     selection = None
@@ -543,7 +370,7 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
             final = fit_transform(kind, np.array([t.ref_xy for t in ties]), np.array([t.mov_xy for t in ties]),
                                   scene.ref_res, opts.threshold)
     if final is not None and m.final_level is not None and final.kind != "tps":
-        # guided re-measurement: every tile's own peak near the final model, then the final fit
+        # guided re-measurement: every template's own peak near the final model, then the final fit
         records = m.tile_records
         ties2 = m.remeasure(final.transform, radius=1.0)
         f2 = None
@@ -553,16 +380,27 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
             f2, _, _ = decide(f2, ties2, final.kind, opts.min_inliers, scene.ref_res, opts.threshold)
         if f2 is not None and f2.kind == final.kind:
             final, ties = f2, ties2
-        else:  # keep the first measurement and its tile records
+        else:  # keep the first measurement and its template records
             m.tile_records = records
+    verdict = None
     if final is not None:
         for t, inl in zip(ties, final.inliers):
             if t.rec is not None:
                 t.rec["inlier"] = bool(inl)
+        verdict = evaluate(final, ties, m.levels, scene.ref_res, _check_points(ties), opts.max_shift,
+                           _correction_px(scene, final.transform), n_hypotheses=m.n_hypotheses,
+                           accept_weak=opts.accept_weak)
+        if verdict["level"] != "strong":
+            if verdict["accepted"]:
+                warns.append("the verdict is weak, accepted because of --accept-weak: " + "; ".join(verdict["reasons"]))
+            else:
+                failure = "the result is not reliable (verdict weak): " + "; ".join(verdict["reasons"])
+    else:
+        verdict = evaluate(None, ties, m.levels, scene.ref_res, None, opts.max_shift, None)
     n_skipped = sum(1 for r in m.tile_records if "skipped" in r)
     counts = {"tiles_tried": len(m.tile_records), "tiles_skipped": n_skipped, "tiles_matched": len(ties),
               "inliers": int(final.inliers.sum()) if final is not None else 0}
     return RegistrationResult(scene=scene, fit=final, ties=ties, levels=m.levels, tiles=m.tile_records,
                               warnings=m.warnings + warns, timings={"matching_s": t1 - t0}, counts=counts,
                               descriptor=backend.settings(), model_requested=opts.model, failure=failure,
-                              model_selection=selection)
+                              model_selection=selection, verdict=verdict)

@@ -72,7 +72,7 @@ def test_consensus_recovers_an_affine_field_and_guided_peaks_follow_it():
         if i == 4:  # a repeated pattern: higher peak at the wrong place
             s = np.maximum(s, 1.3 * _surface(R, (-7.0, 7.0)))
         surfaces.append(Surface(tile=i, center=(cx, cy), surf=s, rec={}))
-    pred, _, score = consensus_model(surfaces, R, "affine", 200.0)
+    pred, _, score, _ = consensus_model(surfaces, R, "affine", 200.0)
     truth = np.array([t + A @ (np.array(sf.center) - 100.0) for sf in surfaces])
     # the consensus only guides (bilinear surfaces): within the guided radius of the truth
     assert np.abs(pred - truth).max() < 1.0

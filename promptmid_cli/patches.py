@@ -1,0 +1,100 @@
+"""Reading matching patches: windows of both images on a level grid, as intensity + validity.
+
+Every stage (level-0 hypotheses, tile levels, refinement) reads its patches through one
+PatchReader, so nodata, near-black fill and the radiometric conversion are handled in one place.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import cv2
+import numpy as np
+
+from .errors import BadInput
+from .imaging import normalize01, to_intensity
+from .raster import Raster, read_window, resample_moving
+
+DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
+FILL_MAX = 3.0  # integer rasters without nodata: raw values <= this in solid blocks are fill
+FILL_BLOCK = 5  # a fill region holds FILL_BLOCK x FILL_BLOCK pixels all <= FILL_MAX
+
+
+def fill_mask(raw: np.ndarray) -> np.ndarray:
+    """Near-black fill of integer products that declare no nodata (the empty corners of a rotated
+    chip, JPEG noise 0-3): solid blocks of very low values, grown by 2 px so the edge ringing and
+    the resampled border go too. Isolated dark pixels of real data (speckle, shadow) stay."""
+    low = np.nan_to_num(np.nanmax(raw, axis=0), nan=0.0) <= FILL_MAX
+    if not low.any():
+        return low
+    k = np.ones((FILL_BLOCK, FILL_BLOCK), np.uint8)
+    solid = cv2.morphologyEx(low.astype(np.uint8), cv2.MORPH_OPEN, k)
+    if not solid.any():
+        return np.zeros_like(low)
+    return cv2.dilate(solid, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _has_fill(r: Raster, zero_is_nodata: bool) -> bool:
+    dt = np.dtype(r.ds.dtypes[0])
+    return zero_is_nodata and r.ds.nodata is None and np.issubdtype(dt, np.integer)
+
+
+def erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
+    """Shrink a validity mask so pixels whose descriptor saw nodata are not compared."""
+    if mask.all():
+        return mask
+    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
+
+
+class PatchReader:
+    """Windows of the reference and (resampled) moving image on the grid of level factor c."""
+
+    def __init__(self, scene, opts):
+        self.s = scene
+        self.opts = opts
+        self.ref_fill = _has_fill(scene.ref, opts.zero_is_nodata)
+        self.mov_fill = _has_fill(scene.mov, opts.zero_is_nodata)
+
+    def ref_raw(self, c, col0, row0, w, h):
+        a = read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
+                        zero_is_nodata=self.opts.zero_is_nodata)
+        if self.ref_fill:
+            a[:, fill_mask(a)] = np.nan
+        return a
+
+    def mov_raw(self, c, col0, row0, w, h, model):
+        a = resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
+                            point_map=model, zero_is_nodata=self.opts.zero_is_nodata)
+        if self.mov_fill:
+            a[:, fill_mask(a)] = np.nan
+        return a
+
+    def intensity(self, arr, which: str):
+        s = self.s
+        modality, domain = (s.ref_modality, s.ref_domain) if which == "ref" else (s.mov_modality, s.mov_domain)
+        band = self.opts.optical_band if modality == "optical" else None
+        if band is not None and band >= arr.shape[0]:
+            raise BadInput(f"--optical-band {band + 1} does not exist (the optical raster has {arr.shape[0]} bands)")
+        return to_intensity(arr, modality, domain, band)
+
+    def normalized(self, raw, which: str):
+        """(image in [0, 1] with 0 at invalid pixels, validity mask)."""
+        return normalize01(self.intensity(raw, which))
+
+
+def bounded_map(ex, fn, items, ahead: int):
+    """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
+    everything at once, and prepared tile patches would pile up in memory (~1 GB on a whole
+    Sentinel-2 scene) faster than the correlation consumes them."""
+    pending = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(ex.submit(fn, item))
+        if len(pending) >= ahead:
+            break
+    for item in it:
+        yield pending.popleft().result()
+        pending.append(ex.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
