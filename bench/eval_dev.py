@@ -1,26 +1,35 @@
-"""`make eval`: run `promptmid register` on the real development pairs in ../shared/data/dev.
+"""`make eval`: the development evaluation of issues #8 / #11, from every real optical/SAR pair at hand.
 
-The dev data is for internal evaluation only: it is read in place (never copied into the repo) and
-temporary inputs/outputs go to a temporary folder. Exits 0 with a message when the folder is absent.
+Cases are built by bench/heldout_sim.py (families, sources and truths are described there), run as
+`promptmid register OPTICAL SAR -o OUT -q` subprocesses and scored from the .points file alone, as
+an external scorer would: affine fitted to the enabled GCPs, RMSE against the truth at a 7x7 grid of
+check points (synthetic.checkpoint_rmse), in reference pixels. Per family:
 
-  gf2-gf3-airport   GaoFen-2 pan vs GaoFen-3 HH (EPSG:4326, ~1 m): correction found, inliers, RMSE, time.
-                    No ground truth; a template match puts the residual near 14 rows / 73 columns.
-  hopc-pair         uint8 optical/SAR (EPSG:4326): the SAR's geotransform is ~95 rows off; the true
-                    top-left of the SAR is near optical row 231-234, col 236-237, so the expected
-                    correction is about dx = +1..+2, dy = -93..-96 reference px.
-  rift-sar-optical  500x500 JPEGs without georeference: both get the same pixel georeference (temp
-                    GeoTIFFs); the correction found is printed (no ground truth).
-  osmnet-patches    pre-registered 256x256 pairs: each gets known shifts of 5-40 px (several per
-                    patch, via promptmid_cli.synthetic.write_case), scored at check points from the
-                    .points file (affine fitted to the enabled GCPs vs the truth, reference px RMSE).
+  | family | cases | CMR@1 | CMR@3 | CMR@5 | exit 1 | exit 0 but > 6 px wrong | mean s |
 
-    python bench/eval_dev.py [--dev PATH] [--shifts-per-patch N] [--seed S] [--keep] [-- extra register args]
+CMR@k: fraction of ALL cases with exit 0 and check-point RMSE <= k px (exit 1 is a miss); exit 0
+with fewer than 3 enabled GCPs counts as wrong (inf). For "sentinel" the > 6 px column also gives
+the count > 10 px. For "bad prior" and "periodic" the right outcome is the truth or exit 1, so the
+column that matters is "exit 0 but > 6 px wrong". Other exit codes (2, crashes) are listed apart.
+
+Also (families "cons" and "scenes", run by default):
+  cons    shift consistency on the 6 bigearthnet-common patches (0..5, sorted S1 names): register as
+          delivered and with the SAR georeference moved by (+7.3, -4.6) px; the corrections at the
+          centre (from the report's model) must differ by that offset: |diff - offset| (bar 0.3 px).
+  scenes  hopc and gf2 as delivered, against SCENE_TRUTH (the tool's own earlier registration:
+          a regression check, not independent truth), and rift-sar-optical (no truth: exit code).
+
+The dev data is read in place (never copied into the repo); temporary cases go to a temp folder.
+Without ../shared/data/dev the OSMNet and scene sources are skipped; without the configilm wheel
+(offline) the BigEarthNet-v2 ones; a family with no source is reported as skipped.
+
+    python bench/eval_dev.py [--family a,b,c,d,e,f,cons,scenes] [--cases N] [--seed S] [--jobs J]
+                             [--json OUT] [--keep] [--tool-repo DIR] [-- extra register args, e.g. --search full]
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -29,188 +38,279 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEV_DEFAULT = REPO.parent / "shared" / "data" / "dev"
+sys.path.insert(0, str(REPO / "bench"))
+import heldout_sim as hs  # noqa: E402
+
+CONS_OFFSET = (7.3, -4.6)  # the offset of tests/test_bigearthnet.py (+x columns, +y rows)
+TOOL = REPO  # the checkout whose promptmid_cli runs (--tool-repo: e.g. `git archive HEAD` unpacked)
 
 
-def run(opt, sar, out: Path, extra=()) -> dict:
-    """One `promptmid register` run in a subprocess; returns exit code, time, report, last stderr line."""
+def register(opt, sar, out: Path, args=(), timeout=600) -> dict:
+    """One `promptmid register` subprocess: exit code, wall time, report (or None), last stderr line."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if TOOL != REPO:
+        env["PYTHONPATH"] = str(TOOL) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "promptmid_cli", "register", str(opt), str(sar), "-o", str(out), "-q",
-           "--overwrite", *extra]
+           "--overwrite", *args]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TOOL, timeout=timeout)
+        rc, err = p.returncode, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+    except subprocess.TimeoutExpired:
+        rc, err = -9, f"timeout after {timeout} s"
     dt = time.perf_counter() - t
     rep_p = out.with_suffix(".json")
-    rep = json.loads(rep_p.read_text()) if rep_p.is_file() else None
-    err = p.stderr.strip().splitlines()[-1] if p.returncode and p.stderr.strip() else ""
-    return {"rc": p.returncode, "time": dt, "report": rep, "error": err}
+    try:
+        rep = json.loads(rep_p.read_text()) if rep_p.is_file() else None
+    except ValueError:
+        rep = None
+    return {"rc": rc, "time": dt, "report": rep, "error": err if rc else ""}
 
 
-def summarise(r: dict) -> dict:
-    rep = r["report"] or {}
-    corr = rep.get("correction") or {}
-    c = rep.get("counts") or {}
-    return {"rc": r["rc"], "dx": corr.get("dx_ref_px"), "dy": corr.get("dy_ref_px"),
-            "inliers": c.get("inliers"), "matched": c.get("tiles_matched"), "rmse": rep.get("rmse_ref_px"),
-            "model": (rep.get("model") or {}).get("kind"), "time": r["time"], "error": r["error"]}
+def score(r: dict, out: Path, truth, ref_t, shape) -> float:
+    from promptmid_cli.synthetic import checkpoint_rmse
+
+    pts = out.with_suffix(".points")
+    if r["rc"] != 0 or not pts.is_file():
+        return float("inf")
+    try:
+        return checkpoint_rmse(str(pts), truth, ref_t, shape)
+    except Exception:  # an unreadable .points file after exit 0 is a wrong answer
+        return float("inf")
 
 
-def fmt(v, spec="+7.2f"):
-    return "-" if v is None else format(v, spec)
+def correction_at(rep, ref_t, col, row):
+    """Shift (ref px) the report's model implies at reference pixel (col, row)."""
+    m = np.array(rep["model"]["matrix"], float)
+    x, y = ref_t * (col, row)
+    w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    gx, gy = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w
+    pc, pr = ~ref_t * (gx, gy)
+    return np.array([pc - col, pr - row])
 
 
-def print_row(name, s, note=""):
-    print(f"  {name:34s} rc={s['rc']}  dx={fmt(s['dx'])}  dy={fmt(s['dy'])}  inliers={s['inliers'] or 0:>3}/"
-          f"{s['matched'] or 0:<3} rmse={fmt(s['rmse'], '.2f')}px  {s['time']:5.1f}s  {s['model'] or ''} {note}"
-          + (f"  [{s['error']}]" if s["error"] else ""), flush=True)
+def _verdict(rep):
+    v = (rep or {}).get("verdict") or {}
+    return {k: v.get(k) for k in ("accepted", "level", "score")} if v else None
 
 
-def georeferenced_pairs(dev: Path, tmp: Path, extra) -> list[dict]:
-    rows = []
-    cases = [("gf2-gf3-airport", "optical_gf2_pan.tif", "sar_gf3_hh.tif",
-              "no truth; template match ~14 rows / 73 cols"),
-             ("hopc-pair", "optical.tif", "sar.tif", "expected dx ~ +1..+2, dy ~ -93..-96")]
-    for name, o, s, note in cases:
-        d = dev / name
-        if not (d / o).is_file() or not (d / s).is_file():
-            print(f"  {name}: missing, skipped")
-            continue
-        out = tmp / name / "out.tif"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sm = summarise(run(d / o, d / s, out, extra))
-        print_row(name, sm, note)
-        rows.append({"pair": name, **sm, "truth": note})
-    return rows
+# ------------------------------------------------------------------------------------- families
+def run_family(fam, n, seed, root, extra, pool, timeout) -> list[dict]:
+    cases = []
+    for i in range(n):
+        c = hs.build_case(fam, i, seed, root)
+        if c is None:
+            return []
+        cases.append(c)
+
+    def one(c):
+        out = Path(c.dir) / "out.tif"
+        r = register(c.optical, c.sar, out, [*c.args, *extra], timeout)
+        err = score(r, out, c.truth, c.ref_transform, c.ref_shape)
+        rep = r["report"] or {}
+        row = {"family": fam, "case": c.index, "source": c.source, "rc": r["rc"], "error_px": err,
+               "time_s": round(r["time"], 2), "args": [*c.args, *extra], "params": c.params,
+               "correction": rep.get("correction"), "counts": rep.get("counts"), "verdict": _verdict(rep),
+               "rmse_self_px": rep.get("rmse_ref_px"), "stderr": r["error"]}
+        p = c.params
+        print(f"  {fam}{c.index:03d} {c.source:28s} err=({p['err_px'][0]:+6.1f},{p['err_px'][1]:+6.1f}) "
+              f"rot={p['rot']:+7.2f} s={p['scale']:.3f} {p.get('format', ''):13s} -> rc={r['rc']} "
+              f"error={err:8.3f}px {r['time']:5.1f}s" + (f"  [{r['error'][:110]}]" if r["error"] else ""),
+              flush=True)
+        return row
+
+    return list(pool.map(one, cases))
 
 
-def rift_pair(dev: Path, tmp: Path, extra) -> list[dict]:
+def run_consistency(root, extra, pool, timeout) -> list[dict]:
+    from promptmid_cli.synthetic import write_case
+
+    srcs = hs.sources().get("bencommon", [])
+
+    def one(k):
+        s = srcs[k]
+        res = {}
+        for tag, e in (("zero", (0.0, 0.0)), ("moved", CONS_OFFSET)):
+            d = Path(root) / f"cons{k}-{tag}"
+            case = write_case(d, s.opt, s.sar_db, 10.0, e, sar_format="float32_db")
+            r = register(case.optical, case.sar, d / "out.tif", extra, timeout)
+            h, w = case.ref_shape
+            ok = r["rc"] == 0 and r["report"] and r["report"].get("model")
+            res[tag] = (r, correction_at(r["report"], case.ref_transform, w / 2, h / 2) if ok else None)
+        (r0, c0), (r1, c1) = res["zero"], res["moved"]
+        diff = float(np.hypot(*(c1 - c0 - np.array(CONS_OFFSET)))) if c0 is not None and c1 is not None else float("inf")
+        row = {"patch": k, "source": s.name, "rc": [r0["rc"], r1["rc"]],
+               "as_delivered": None if c0 is None else c0.round(3).tolist(),
+               "moved": None if c1 is None else c1.round(3).tolist(), "consistency_px": diff,
+               "time_s": round(r0["time"] + r1["time"], 2)}
+        print(f"  cons patch {k} {s.name:28s} rc={row['rc']} as delivered {row['as_delivered']} moved {row['moved']}"
+              f" -> |diff - offset| = {diff:.3f} px", flush=True)
+        return row
+
+    return list(pool.map(one, range(len(srcs))))
+
+
+def run_scenes(root, extra, pool, timeout, dev) -> list[dict]:
     import cv2
     import rasterio
     from affine import Affine
 
-    d = dev / "rift-sar-optical"
-    so, ss = d / "pair2_optical.jpg", d / "pair1_sar.jpg"
-    if not so.is_file() or not ss.is_file():
-        print("  rift-sar-optical: missing, skipped")
-        return []
-    w = tmp / "rift"
-    w.mkdir(parents=True, exist_ok=True)
-    t = Affine(1.0, 0.0, 400000.0, 0.0, -1.0, 5000000.0)  # identical pixel georeference for both
-    paths = []
-    for src, name in ((so, "optical.tif"), (ss, "sar.tif")):
-        img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
-        with rasterio.open(w / name, "w", driver="GTiff", width=img.shape[1], height=img.shape[0], count=1,
-                           dtype="uint8", crs="EPSG:32633", transform=t) as dst:
-            dst.write(img[None])
-        paths.append(w / name)
-    sm = summarise(run(paths[0], paths[1], w / "out.tif", extra))
-    print_row("rift-sar-optical", sm, "no truth (same pixel georeference given to both)")
-    return [{"pair": "rift-sar-optical", **sm, "truth": "none"}]
+    from promptmid_cli.synthetic import checkpoint_rmse
+
+    jobs = []
+    for name, folder, o, s in (("hopc", "hopc-pair", "optical.tif", "sar.tif"),
+                               ("gf2", "gf2-gf3-airport", "optical_gf2_pan.tif", "sar_gf3_hh.tif")):
+        po, ps = dev / folder / o, dev / folder / s
+        if po.is_file() and ps.is_file():
+            with rasterio.open(po) as d:
+                to, shape = d.transform, d.shape
+            with rasterio.open(ps) as d:
+                ts = d.transform
+            truth = ts * Affine(*hs.SCENE_TRUTH[name]) * ~to  # true map -> SAR written georeference
+            jobs.append((name, po, ps, truth, to, shape))
+    rift = dev / "rift-sar-optical"
+    if (rift / "pair2_optical.jpg").is_file() and (rift / "pair1_sar.jpg").is_file():
+        w = Path(root) / "rift"
+        w.mkdir(parents=True, exist_ok=True)
+        t = Affine(1.0, 0.0, 400000.0, 0.0, -1.0, 5000000.0)  # identical pixel georeference for both
+        paths = []
+        for src, nm in ((rift / "pair2_optical.jpg", "optical.tif"), (rift / "pair1_sar.jpg", "sar.tif")):
+            img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+            with rasterio.open(w / nm, "w", driver="GTiff", width=img.shape[1], height=img.shape[0], count=1,
+                               dtype="uint8", crs="EPSG:32633", transform=t) as dst:
+                dst.write(img[None])
+            paths.append(w / nm)
+        jobs.append(("rift", paths[0], paths[1], None, t, None))
+
+    def one(j):
+        name, po, ps, truth, to, shape = j
+        out = Path(root) / f"scene-{name}" / "out.tif"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = register(po, ps, out, extra, timeout)
+        err = (checkpoint_rmse(str(out.with_suffix(".points")), truth, to, shape)
+               if truth is not None and r["rc"] == 0 and out.with_suffix(".points").is_file() else float("nan"))
+        corr = (r["report"] or {}).get("correction") or {}
+        print(f"  scene {name:6s} rc={r['rc']} dx={corr.get('dx_ref_px')} dy={corr.get('dy_ref_px')} "
+              f"vs stored truth {err:.3f}px {r['time']:.1f}s" + (f"  [{r['error'][:110]}]" if r["error"] else ""),
+              flush=True)
+        return {"scene": name, "rc": r["rc"], "error_px": err, "correction": corr, "time_s": round(r["time"], 2),
+                "verdict": _verdict(r["report"]), "stderr": r["error"]}
+
+    return list(pool.map(one, jobs))
 
 
-def osmnet_cases(dev: Path, tmp: Path, per_patch: int, seed: int, extra) -> list[dict]:
-    import cv2
-
-    from promptmid_cli.synthetic import checkpoint_rmse, write_case
-
-    rows = []
-    rng = np.random.default_rng(seed)
-    opts = sorted(glob.glob(str(dev / "osmnet-patches" / "opt*.png")))
-    if not opts:
-        print("  osmnet-patches: missing, skipped")
-        return rows
-    for o in opts:
-        s = o.replace(os.sep + "opt", os.sep + "sar")
-        if not os.path.exists(s):
-            continue
-        name = Path(o).stem
-        opt = cv2.imread(o, cv2.IMREAD_GRAYSCALE).astype(np.uint8)
-        sar_db = cv2.imread(s, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 * 35.0 - 30.0  # 8-bit display -> dB
-        # baseline: the pair as delivered (no injected error). A non-zero correction here is either
-        # residual misregistration of the "pre-registered" pair or a bias of the matcher on it.
-        d0 = tmp / "osmnet" / f"{name}_base"
-        base_case = write_case(d0, opt, sar_db, 1.0, (0.0, 0.0), sar_format="float32_db")
-        b = summarise(run(base_case.optical, base_case.sar, d0 / "out.tif", extra))
-        base = np.array([b["dx"], b["dy"]], float) if b["rc"] == 0 else None
-        print_row(f"osmnet {name} no shift (baseline)", b)
-        for k in range(per_patch):
-            e = rng.uniform(5, 40, 2) * rng.choice([-1, 1], 2)
-            d = tmp / "osmnet" / f"{name}_{k}"
-            case = write_case(d, opt, sar_db, 1.0, tuple(float(v) for v in e), sar_format="float32_db")
-            out = d / "out.tif"
-            r = run(case.optical, case.sar, out, extra)
-            sm = summarise(r)
-            err = (checkpoint_rmse(str(out.with_suffix(".points")), case.truth, case.ref_transform, case.ref_shape)
-                   if r["rc"] == 0 else float("inf"))
-            # consistency: (correction - baseline correction) vs the injected shift, at the centre
-            # (write_case applies a pure translation, so the overlap-centre summary is comparable)
-            cons = (float(np.hypot(sm["dx"] - base[0] - e[0], sm["dy"] - base[1] - e[1]))
-                    if r["rc"] == 0 and base is not None else float("inf"))
-            print_row(f"osmnet {name} shift=({e[0]:+5.1f},{e[1]:+5.1f})", sm,
-                      f"error {err:.3f}px, vs baseline {cons:.3f}px")
-            rows.append({"pair": f"osmnet {name}", "injected": e.tolist(), **sm, "error_px": err,
-                         "consistency_px": cons, "baseline": None if base is None else base.tolist()})
-    return rows
+# ------------------------------------------------------------------------------------- summary
+def summarise(rows: list[dict]) -> dict:
+    e = np.array([r["error_px"] for r in rows], float)
+    rc = np.array([r["rc"] for r in rows])
+    n = len(rows)
+    ok0 = rc == 0
+    return {"cases": n, **{f"cmr{k}": float(np.mean(ok0 & (e <= k))) for k in (1, 3, 5)},
+            "exit1": int((rc == 1).sum()), "other_rc": int((~np.isin(rc, [0, 1])).sum()),
+            "wrong6": int((ok0 & (e > 6)).sum()), "wrong10": int((ok0 & (e > 10)).sum()),
+            "median_error_exit0": float(np.median(e[ok0])) if ok0.any() else None,
+            "mean_s": float(np.mean([r["time_s"] for r in rows]))}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="Evaluate promptmid register on ../shared/data/dev")
-    ap.add_argument("--dev", default=str(DEV_DEFAULT))
-    ap.add_argument("--shifts-per-patch", type=int, default=3)
+def table(summ: dict) -> str:
+    lines = ["| family | cases | CMR@1 | CMR@3 | CMR@5 | exit 1 | exit 0 but > 6 px wrong | mean s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for fam, s in summ.items():
+        wrong = f"{s['wrong6']}" + (f" ({s['wrong10']} > 10 px)" if fam == "c" else "")
+        ex1 = f"{s['exit1']} ({100 * s['exit1'] / s['cases']:.0f} %)" + (f" +{s['other_rc']} other rc" if s["other_rc"] else "")
+        lines.append(f"| {fam} {hs.FAMILIES[fam]} | {s['cases']} | {100 * s['cmr1']:.0f} % | {100 * s['cmr3']:.0f} % | "
+                     f"{100 * s['cmr5']:.0f} % | {ex1} | {wrong} | {s['mean_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description="Development evaluation of promptmid register (issues #8, #11)")
+    ap.add_argument("--family", default="a,b,c,d,e,f,cons,scenes",
+                    help="comma list of " + ", ".join(f"{k} ({v})" for k, v in hs.FAMILIES.items()) + ", cons, scenes")
+    ap.add_argument("--cases", type=int, default=24, help="cases per family (a-f)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="cases run in parallel subprocesses")
+    ap.add_argument("--json", help="write per-case results and the summary here")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per register run")
+    ap.add_argument("--dev", default=str(hs.DEV))
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    ap.add_argument("extra", nargs="*", help="extra arguments for promptmid register (after --)")
-    a = ap.parse_args()
+    ap.add_argument("--tool-repo", help="run promptmid_cli from this checkout (default: this repository)")
+    a = ap.parse_args(argv)
+    global TOOL
+    TOOL = Path(a.tool_repo).resolve() if a.tool_repo else REPO
+    fams = [f.strip() for f in a.family.split(",") if f.strip()]
+    bad = [f for f in fams if f not in hs.FAMILIES and f not in ("cons", "scenes")]
+    if bad:
+        ap.error(f"unknown family {bad}")
     dev = Path(a.dev).resolve()
+    hs.DEV = dev
     if not dev.is_dir():
-        print(f"eval_dev: {dev} not found; nothing to evaluate (skipped)")
+        print(f"eval_dev: {dev} not found: OSMNet and scene sources skipped")
+    groups = hs.sources(dev)
+    print("sources: " + ", ".join(f"{g} {len(v)}" for g, v in groups.items()) if groups else "sources: none")
+    if not groups:
+        print("eval_dev: no real pairs available (no ../shared/data/dev, no configilm wheel, no bigearthnet-common); skipped")
         return 0
-    tmp = Path(tempfile.mkdtemp(prefix="promptmid-eval-"))
-    print(f"dev data: {dev}\ntemporary outputs: {tmp}\n")
+    root = Path(tempfile.mkdtemp(prefix="promptmid-eval-"))
+    print(f"temporary cases: {root}; extra register args: {extra or 'none'}; tool: {TOOL}")
     t0 = time.perf_counter()
+    results = {"extra_args": extra, "seed": a.seed, "cases_per_family": a.cases, "families": {}}
+    summ = {}
     try:
-        print("georeferenced pairs (correction in reference px, at the overlap centre)")
-        geo = georeferenced_pairs(dev, tmp, a.extra)
-        print("\nunreferenced pair")
-        rift = rift_pair(dev, tmp, a.extra)
-        print(f"\nOSMNet patches, {a.shifts_per_patch} injected shifts (5-40 px per axis) each")
-        osm = osmnet_cases(dev, tmp, a.shifts_per_patch, a.seed, a.extra)
+        with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+            for fam in fams:
+                if fam == "cons":
+                    print("\ncons: shift consistency, bigearthnet-common patches 0..5")
+                    rows = run_consistency(root, extra, pool, a.timeout)
+                elif fam == "scenes":
+                    print("\nscenes: dev scenes as delivered")
+                    rows = run_scenes(root, extra, pool, a.timeout, dev) if dev.is_dir() else []
+                else:
+                    print(f"\n{fam}: {hs.FAMILIES[fam]}")
+                    rows = run_family(fam, a.cases, a.seed, root, extra, pool, a.timeout)
+                    if rows:
+                        summ[fam] = summarise(rows)
+                if not rows:
+                    print(f"  {fam}: no source available, skipped")
+                results["families"][fam] = rows
     finally:
         if not a.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    print("\nsummary")
-    print(f"  {'pair':34s} {'rc':>2} {'dx px':>8} {'dy px':>8} {'inl':>7} {'rmse px':>8} {'time s':>7}  note")
-    for r in geo + rift:
-        print(f"  {r['pair']:34s} {r['rc']:>2} {fmt(r['dx'], '+8.2f')} {fmt(r['dy'], '+8.2f')} "
-              f"{(r['inliers'] or 0):>3}/{(r['matched'] or 0):<3} {fmt(r['rmse'], '8.2f')} {r['time']:7.1f}  {r['truth']}")
-    if osm:
-        errs = np.array([r["error_px"] for r in osm])
-        ok = errs <= 1.0
-        fin = errs[np.isfinite(errs)]
-        for name in sorted({r["pair"] for r in osm}):
-            rs = [r for r in osm if r["pair"] == name]
-            e = np.array([r["error_px"] for r in rs])
-            bl = rs[0]["baseline"]
-            print(f"  {name:34s} {len(e)} shifts: errors " + ", ".join(f"{v:.2f}" for v in e) + " px; "
-                  + (f"as delivered: dx={bl[0]:+.2f} dy={bl[1]:+.2f} px; " if bl else "as delivered: not registered; ")
-                  + "vs baseline " + ", ".join(f"{r['consistency_px']:.2f}" for r in rs) + " px")
-        cons = np.array([r["consistency_px"] for r in osm])
-        cf = cons[np.isfinite(cons)]
-        print(f"  OSMNet consistency (found - as-delivered vs injected): {(cons <= 1.0).sum()}/{len(cons)} below "
-              f"1 px, median {float(np.median(cons)):.3f} px, max {float(np.max(cons)):.3f} px"
-              + (f", RMSE {math.sqrt(float(np.mean(cf ** 2))):.3f} px" if cf.size else ""))
-        print(f"  OSMNet injected shifts: {ok.sum()}/{len(errs)} below 1 px; RMSE over cases "
-              f"{math.sqrt(float(np.mean(fin ** 2))) if fin.size else float('nan'):.3f} px, median "
-              f"{float(np.median(errs)):.3f} px, max {float(np.max(errs)):.3f} px; exit codes "
-              f"{sorted({r['rc'] for r in osm})}")
-    print(f"  total time {time.perf_counter() - t0:.0f} s")
+            shutil.rmtree(root, ignore_errors=True)
+    print()
+    if summ:
+        print(table(summ))
+    cons = results["families"].get("cons") or []
+    if cons:
+        v = [r["consistency_px"] for r in cons]
+        print("\nshift consistency (|diff - offset|, px; bar 0.3): "
+              + ", ".join(f"patch {r['patch']} {r['consistency_px']:.3f}" for r in cons)
+              + f"; max over 0, 2, 4: {max(v[k] for k in (0, 2, 4) if k < len(v)):.3f}")
+    results["summary"] = summ
+    results["total_s"] = round(time.perf_counter() - t0, 1)
+    print(f"\ntotal time {results['total_s']:.0f} s")
+    if a.json:
+        def clean(o):  # inf/nan are not JSON
+            if isinstance(o, float) and not math.isfinite(o):
+                return None if math.isnan(o) else "inf"
+            if isinstance(o, dict):
+                return {k: clean(v) for k, v in o.items()}
+            if isinstance(o, (list, tuple)):
+                return [clean(v) for v in o]
+            if isinstance(o, np.generic):
+                return clean(o.item())
+            return o
+        Path(a.json).write_text(json.dumps(clean(results), indent=1))
+        print(f"results: {a.json}")
     return 0
 
 

@@ -1,215 +1,230 @@
-"""The `promptmid` command line (Typer). Errors are one line on stderr with the documented exit code:
-0 registered, 1 could not register reliably, 2 bad usage or bad input."""
+"""The `promptmid` command line (Typer).
+
+Exit codes: 0 registered, 1 could not register reliably, 2 bad usage or bad input (one line
+`promptmid: error: ...` on stderr, usage errors of the parser included), 130 / 143 interrupted
+(SIGINT / SIGTERM). The option definitions live in options.py; this module holds the command
+tree, the error convention, and the `register` flow: build the config, validate it (light), and
+only then import the pipeline (torch).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import traceback
-from enum import Enum
-from pathlib import Path
-from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.26 vendors click as typer._click, with its own exception classes; older ones use click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 from . import __version__
-from .errors import EXIT_NOT_REGISTERED, PromptmidError, RegistrationFailed
+from .atomic import install_sigterm_handler
+from .atomic import interrupt_exit_code as _exit_code
+from .errors import EXIT_BAD_INPUT, EXIT_NOT_REGISTERED, PromptmidError, RegistrationFailed
+from .options import REGISTER_EPILOG, REGISTER_SIGNATURE, config_from_params, fail
+from .validate import validate_register
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+PROG = "promptmid"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _plain_flags(cmd, ctx) -> None:
+    """Flags take no value, so their help shows no metavar (typer would print '<bool>')."""
+    for p in cmd.get_params(ctx):
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    if hasattr(cmd, "commands"):  # a group: its subcommands too
+        for sub in cmd.commands.values():
+            _plain_flags(sub, ctx)
+
+
+def _finish(code: int, standalone_mode: bool):
+    if standalone_mode:
+        sys.exit(code)
+    return code
+
+
+class PromptmidGroup(TyperGroup):
+    """The command tree's error convention, in one place so that the console script and
+    `CliRunner().invoke(app, ...)` behave alike: a usage error is one line and exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            # always 'promptmid' (not 'python -m promptmid_cli' or CliRunner's 'root') in messages
+            rv = super().main(args=args, prog_name=PROG, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click_errors.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `promptmid`: typer has shown the help
+                return _finish(EXIT_BAD_INPUT, standalone_mode)
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            msg = _one_line(e.format_message()).replace(": Value error, ", ": ")  # typer's coercion wording
+            typer.echo(f"{PROG}: error: {msg}{where}", err=True)
+            code = EXIT_BAD_INPUT
+        except click_errors.ClickException as e:
+            typer.echo(f"{PROG}: error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo(f"{PROG}: interrupted", err=True)
+            code = 130
+        return _finish(code, standalone_mode)
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _plain_flags(cmd, ctx)
+        return cmd
+
+    def format_help(self, ctx, formatter):
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+app = typer.Typer(cls=PromptmidGroup, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
                   help="Co-register optical and SAR rasters (PromptMID / TAR style dense matching).")
 
 
-class Model(str, Enum):
-    translation = "translation"
-    similarity = "similarity"
-    affine = "affine"
-    homography = "homography"
-    poly2 = "poly2"
-    tps = "tps"
+def _print_version(value: bool):
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
 
 
-class Resampling(str, Enum):
-    nearest = "nearest"
-    bilinear = "bilinear"
-    cubic = "cubic"
-    lanczos = "lanczos"
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Co-register optical and SAR rasters (PromptMID / TAR style dense matching).
+
+    Run 'promptmid register --help' for the main command."""
 
 
-class Moving(str, Enum):
-    sar = "sar"
-    optical = "optical"
+# ------------------------------------------------------------------ register
 
+def register(**params):
+    """Register SAR onto optical (or the reverse) and write raster, GCPs, VRT and report.
 
-class Grid(str, Enum):
-    reference = "reference"
-    moving = "moving"
+    By default the SAR moves onto the optical grid. Outputs appear together or not at all."""
+    verbose, quiet, as_json = params["verbose"], params["quiet"], params["json_out"]
+    report_stdout = params.get("report") is not None and str(params["report"]) == "-"
+    if as_json and report_stdout:
+        fail(ValueError("--json and --report - both print to stdout; choose one"), False, EXIT_BAD_INPUT)
+    with _library_messages(quiet, verbose):
+        try:
+            cfg = config_from_params(params)
+            _require_extras(cfg)
+            validate_register(cfg)  # every check that needs no torch, before importing it
+            from .progress import progress_callback
+            from .register import register as run_register
 
+            with progress_callback(not quiet) as cb:
+                rep = run_register(cfg, progress=cb)
+        except RegistrationFailed as e:
+            if e.result:
+                _print_stdout(e.result, as_json, report_stdout, EXIT_NOT_REGISTERED)
+                if not quiet:
+                    typer.echo(f"{PROG}: not registered; report: {e.result['outputs'].get('report')}", err=True)
+            fail(e, verbose, e.exit_code)
+        except PromptmidError as e:
+            fail(e, verbose, e.exit_code)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as atomic.Terminated
+            typer.echo(f"{PROG}: {'terminated' if _exit_code(e) == 143 else 'interrupted'}", err=True)
+            raise typer.Exit(_exit_code(e))
+        except typer.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001 - never a traceback by default
+            fail(RuntimeError(f"internal error: {e} (run with -v for details)"), verbose, EXIT_NOT_REGISTERED)
+    from .summary import summary_line, warnings_of
 
-class Descriptor(str, Enum):
-    auto = "auto"
-    builtin = "builtin"
-    promptmid = "promptmid"
-
-
-class PromptMode(str, Enum):
-    auto = "auto"
-    clip = "clip"
-    stats = "stats"
-    fixed = "fixed"
-
-
-class SarDomain(str, Enum):
-    auto = "auto"
-    linear = "linear"
-    db = "db"
-    display = "display"
-
-
-def _fail(e: Exception, verbose: bool, code: int):
-    if verbose:
-        traceback.print_exc()
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    typer.echo(f"promptmid: error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def _load_config(path: Optional[Path]) -> dict:
-    if path is None:
-        return {}
-    from .errors import BadInput
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise BadInput(f"cannot read --config {path}: {e.strerror}") from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is bad input
-        raise BadInput(f"--config {path} is not valid YAML/JSON: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"--config {path} must hold a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-CONFIG_KEYS = ("descriptor", "sd_model", "sd_revision", "vfm_model", "fam_weights", "lora_weights",
-               "sd_timestep", "noise_ensemble", "device", "dtype", "batch_size", "clip_model")
-
-
-@app.command()
-def register(
-    optical: Path = typer.Argument(..., help="Optical raster (any GDAL-readable file)."),
-    sar: Path = typer.Argument(..., help="SAR raster."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output raster: the moving image registered (GeoTIFF)."),
-    gcp_out: Optional[Path] = typer.Option(None, "--gcp-out", help="QGIS .points GCP file (default: OUT with .points)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="JSON report (default: OUT with .json)."),
-    vrt_out: Optional[Path] = typer.Option(None, "--vrt-out", help="GDAL VRT with a GCPList (default: OUT with .gcps.vrt)."),
-    tiles_out: Optional[Path] = typer.Option(None, "--tiles-out", help="GeoJSON of the tile grid (class, prompt, match, inlier)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    moving: Moving = typer.Option(Moving.sar, "--moving", help="Which image moves onto the other's grid."),
-    model: Model = typer.Option(Model.affine, "--model", help="Global transform model."),
-    tile_size: int = typer.Option(256, "--tile-size", help="Tile (template) size in match-grid pixels."),
-    overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap fraction."),
-    max_shift: float = typer.Option(128.0, "--max-shift", help="Search radius around the georeference, reference pixels."),
-    match_res: Optional[float] = typer.Option(None, "--match-res", help="Match on a coarser grid (reference map units per pixel)."),
-    threshold: float = typer.Option(2.0, "--threshold", help="RANSAC inlier threshold, reference pixels."),
-    max_tiles: int = typer.Option(400, "--max-tiles", help="At most this many tiles (evenly thinned)."),
-    min_inliers: Optional[int] = typer.Option(None, "--min-inliers", help="Fail (exit 1) below this many inliers."),
-    model_selection: bool = typer.Option(True, "--model-selection/--no-model-selection", help="Fall back to a simpler model (translation/similarity) when the tie points do not support --model (BIC)."),
-    resampling: Resampling = typer.Option(Resampling.bilinear, "--resampling", help="Resampling for the output."),
-    grid: Grid = typer.Option(Grid.reference, "--grid", help="reference: warp onto the reference grid; moving: keep the moving grid, fix its georeference."),
-    co: List[str] = typer.Option([], "--co", help="GDAL creation option NAME=VALUE (repeatable)."),
-    cog: bool = typer.Option(False, "--cog", help="Write a Cloud Optimized GeoTIFF (with overviews)."),
-    optical_band: Optional[int] = typer.Option(None, "--optical-band", help="Use this optical band (1-based) instead of the mean of bands 1-3."),
-    sar_domain: SarDomain = typer.Option(SarDomain.auto, "--sar-domain", help="SAR values: linear power/amplitude, dB, 8-bit display, or auto."),
-    zero_nodata: bool = typer.Option(True, "--zero-nodata/--no-zero-nodata", help="Treat all-zero pixels as nodata when no nodata value is set."),
-    descriptor: Optional[Descriptor] = typer.Option(None, "--descriptor", help="Dense descriptor: builtin, promptmid, or auto (default: auto)."),
-    sd_model: Optional[str] = typer.Option(None, "--sd-model", help="Stable Diffusion id or folder (promptmid)."),
-    vfm_model: Optional[str] = typer.Option(None, "--vfm-model", help="DINOv2 id or folder (promptmid)."),
-    fam_weights: Optional[Path] = typer.Option(None, "--fam-weights", help="Trained FAM weights (safetensors)."),
-    sd_timestep: Optional[int] = typer.Option(None, "--sd-timestep", help="Diffusion timestep for features."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:N] or mps."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (promptmid)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Tiles per descriptor batch."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file with model options (sd_model, vfm_model, ...)."),
-    prompt_mode: PromptMode = typer.Option(PromptMode.auto, "--prompt-mode", help="How each tile's land-use prompt is chosen."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="One fixed prompt for every tile."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="YAML/JSON land-use class list replacing the built-in one."),
-    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP id or folder for --prompt-mode clip/auto."),
-    nir_band: Optional[int] = typer.Option(None, "--nir-band", help="Optical NIR band (1-based), enables NDVI/water indices."),
-    workers: int = typer.Option(2, "--workers", help="Threads reading and resampling tile patches."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Tracebacks and more detail."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
-):
-    """Register SAR onto optical (or the reverse) and write raster, GCPs, VRT and report."""
-    from .config import MatchOptions
-    from .progress import progress_callback
-    from .config import RegisterConfig
-    from .register import register as run_register
-
-    try:
-        cfgfile = _load_config(config)
-        cli_vals = {"descriptor": descriptor.value if descriptor else None, "sd_model": sd_model,
-                    "vfm_model": vfm_model, "fam_weights": str(fam_weights) if fam_weights else None,
-                    "sd_timestep": sd_timestep, "device": device, "dtype": dtype, "batch_size": batch_size,
-                    "clip_model": clip_model}
-        opts = {k: cfgfile.get(k) for k in CONFIG_KEYS if cfgfile.get(k) is not None}
-        opts.update({k: v for k, v in cli_vals.items() if v is not None})
-        desc = opts.pop("descriptor", "auto")
-        clip = opts.pop("clip_model", None)
-        mo = MatchOptions(model=model.value, tile_size=tile_size, overlap=overlap, max_shift=max_shift,
-                          match_res=match_res, threshold=threshold, max_tiles=max_tiles, min_inliers=min_inliers,
-                          optical_band=None if optical_band is None else optical_band - 1,
-                          sar_domain=sar_domain.value, zero_is_nodata=zero_nodata,
-                          batch_size=int(opts.get("batch_size") or 8), model_selection=model_selection,
-                          workers=workers)
-        cfg = RegisterConfig(optical=str(optical), sar=str(sar), out=str(out),
-                             gcp_out=str(gcp_out) if gcp_out else None, report=str(report) if report else None,
-                             vrt_out=str(vrt_out) if vrt_out else None, tiles_out=str(tiles_out) if tiles_out else None,
-                             overwrite=overwrite, moving=moving.value, grid=grid.value, resampling=resampling.value,
-                             co=list(co), cog=cog, match=mo, descriptor=desc, descriptor_options=opts,
-                             prompt_mode=prompt_mode.value, prompt=prompt, prompts_file=str(prompts) if prompts else None,
-                             clip_model=clip, nir_band=None if nir_band is None else nir_band - 1)
-        _setup_logging(quiet, verbose)
-        with progress_callback(not quiet) as cb:
-            rep = run_register(cfg, progress=cb)
-    except RegistrationFailed as e:
-        if not quiet and e.result:
-            typer.echo(f"promptmid: not registered; report: {e.result['outputs'].get('report')}", err=True)
-        _fail(e, verbose, e.exit_code)
-    except PromptmidError as e:
-        _fail(e, verbose, e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("promptmid: interrupted", err=True)
-        raise typer.Exit(130)
-    except typer.Exit:
-        raise
-    except Exception as e:  # noqa: BLE001 - never a traceback by default
-        _fail(RuntimeError(f"internal error: {e} (run with -v for details)"), verbose, EXIT_NOT_REGISTERED)
+    _print_stdout(rep, as_json, report_stdout, 0)
     if not quiet:
-        c = rep["counts"]
-        corr = rep.get("correction", {})
-        typer.echo(f"registered ({rep['model']['kind']}): {c['inliers']}/{c['tiles_matched']} inliers, "
-                   f"RMSE {rep['rmse_ref_px']:.2f} px, correction dx={corr.get('dx_ref_px', 0):+.2f} "
-                   f"dy={corr.get('dy_ref_px', 0):+.2f} px, {rep['timings_s']['total']:.1f} s -> {out}", err=True)
+        for w in warnings_of(rep):
+            typer.echo(f"{PROG}: warning: {w}", err=True)
+        typer.echo(summary_line(rep, str(params["out"])), err=True)
 
 
-def _setup_logging(quiet: bool, verbose: bool):
-    """Library warnings (e.g. a model fallback) as one 'promptmid: warning:' line on stderr."""
-    import logging
+register.__signature__ = REGISTER_SIGNATURE  # the option list is options.register_params
+app.command("register", epilog=REGISTER_EPILOG)(register)
 
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("promptmid: %(levelname)s: %(message)s"))
-    root = logging.getLogger("promptmid_cli")
-    root.handlers[:] = [h]
-    root.propagate = False
-    root.setLevel(logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING))
 
+def _print_stdout(rep: dict, as_json: bool, report_stdout: bool, code: int):
+    if as_json:
+        from .summary import summary_json
+
+        typer.echo(json.dumps(summary_json(rep, code), default=str))
+    elif report_stdout:
+        typer.echo(json.dumps(rep, indent=2, default=str))
+
+
+def _require_extras(cfg) -> None:
+    from .extras import require
+
+    if cfg.descriptor == "promptmid":
+        require("learned", "--descriptor promptmid")
+    if cfg.prompt_mode == "clip":
+        require("learned", "--prompt-mode clip")
+
+
+class _OneLine:
+    """'promptmid: warning: first line of the message' (the documented stderr form)."""
+
+    def format(self, record) -> str:
+        text = record.getMessage().strip().splitlines()
+        return f"{PROG}: {record.levelname.lower()}: {text[0] if text else ''}"
+
+
+class _library_messages:
+    """Library logging and Python warnings as one 'promptmid: warning:' line each on stderr
+    (nothing with -q), restored afterwards so that an in-process caller keeps its own setup."""
+
+    def __init__(self, quiet: bool, verbose: bool):
+        self.quiet, self.verbose = quiet, verbose
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_OneLine())
+        log = logging.getLogger("promptmid_cli")
+        self._saved = (log.handlers[:], log.propagate, log.level)
+        log.handlers[:] = [h]
+        log.propagate = False
+        log.setLevel(logging.ERROR if self.quiet else (logging.DEBUG if self.verbose else logging.WARNING))
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        if self.quiet:
+            warnings.simplefilter("ignore")
+        else:
+            seen = set()
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                text = str(message).splitlines()[0] if str(message) else category.__name__
+                if text not in seen:  # the same warning from several call sites: once
+                    seen.add(text)
+                    log.warning(text)
+
+            warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        self._warnings.__exit__(*exc)
+        log = logging.getLogger("promptmid_cli")
+        log.handlers[:], log.propagate, level = self._saved
+        log.setLevel(level)
+        return False
+
+
+# ------------------------------------------------------------------ other commands
 
 @app.command()
 def version():
@@ -218,22 +233,28 @@ def version():
 
 
 def _add_commands():
-    """Commands contributed by the prompt, model and batch modules."""
+    """Commands contributed by the other modules; each keeps its heavy imports inside the command."""
+    from .apply import register_commands as apply_cmds
     from .batch import register_commands as batch_cmds
+    from .inspect import register_commands as inspect_cmds
     from .models.cli import register_commands as model_cmds
     from .prompts.cli import register_commands as prompt_cmds
 
-    prompt_cmds(app)
-    model_cmds(app)
-    batch_cmds(app)
+    for add in (inspect_cmds, apply_cmds, batch_cmds, prompt_cmds, model_cmds):
+        add(app)
 
 
 _add_commands()
 
 
-def main():  # console script entry point
+def main():  # called by __main__.main, which has installed the signal handlers
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    try:
+        install_sigterm_handler()  # again, for callers of cli.main itself
+        app()
+    except KeyboardInterrupt as e:  # outside a command (parsing, start-up): no traceback either
+        typer.echo(f"{PROG}: {'terminated' if _exit_code(e) == 143 else 'interrupted'}", err=True)
+        sys.exit(_exit_code(e))
 
 
 if __name__ == "__main__":

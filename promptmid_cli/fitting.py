@@ -75,6 +75,7 @@ class Transform:
         if self.matrix is not None:
             m = self.map_matrix()
             d["matrix"] = m.tolist()
+            d["matrix_normalised"] = self.matrix.tolist()  # exact, for `promptmid apply` (see normalisation)
             a = m[:2, :2]
             d["rotation_deg"] = float(np.degrees(np.arctan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1])))
             d["scale"] = float(np.sqrt(abs(np.linalg.det(a))))
@@ -207,9 +208,15 @@ def spread_ok(src: np.ndarray, scale: float, min_extent_px: float = 8.0) -> bool
 
 
 def invert(g: Transform, x, y, iters: int = 30):
-    """Solve g(p) = (x, y) for p by fixed-point iteration (g is close to the identity)."""
+    """Solve g(p) = (x, y) for p: exactly for matrix models, else by fixed-point iteration (g close to
+    the identity, as poly2/tps corrections are)."""
     x = np.asarray(x, float)
     y = np.asarray(y, float)
+    if g.matrix is not None:  # affine family and homography: exact, whatever the rotation
+        inv = np.linalg.inv(g.map_matrix())
+        q = np.stack([x.ravel(), y.ravel(), np.ones(x.size)])
+        r = inv @ q
+        return (r[0] / r[2]).reshape(x.shape), (r[1] / r[2]).reshape(y.shape)
     px, py = x.copy(), y.copy()
     for _ in range(iters):
         gx, gy = g(px, py)

@@ -16,7 +16,7 @@ from .errors import RegistrationFailed
 from .fitting import Transform, identity
 from .matching import find_peaks, masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
-from .raster import apply_affine
+from .raster import apply_affine, footprint
 
 N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
 # level-0 px suppressed around a level-0 peak: closer alternatives lie inside the first tile level's
@@ -127,3 +127,89 @@ def level0(reader, backend, c0: int, max_shift: float):
     if not cands:
         raise RegistrationFailed("the coarse correlation found no overlap within --max-shift")
     return [t for t, _ in cands], info, validity
+
+
+SEARCH_TARGET = 384  # level-0 grid size (px) for the rotation/scale search
+
+
+def search_factor(scene) -> int:
+    """Level-0 factor for a full search: the moving footprint on a grid of ~SEARCH_TARGET px."""
+    _, _, w, h = _mov_box(scene, 1)
+    c0 = 1
+    while max(w, h) / c0 > SEARCH_TARGET * 1.5:
+        c0 *= 2
+    return c0
+
+
+def _mov_box(scene, c):
+    """Bounding box of the moving footprint on the level-c grid (not clipped to the reference)."""
+    fp = footprint(scene.mov, scene.ref.crs)
+    xs, ys = np.asarray(fp.exterior.coords).T
+    cols, rows = apply_affine(~scene.level_transform(c), xs, ys)
+    c0, r0 = int(math.floor(cols.min())), int(math.floor(rows.min()))
+    return c0, r0, int(math.ceil(cols.max())) - c0, int(math.ceil(rows.max())) - r0
+
+
+def _describe_fn(backend):
+    """The search's describe(img, mask, modality): None (its own fast path) for the built-in
+    descriptor, else the backend on a pair made of the image with itself."""
+    if getattr(backend, "name", "") == "builtin":
+        return None
+
+    def describe(img, mask, modality):
+        t, m = torch.as_tensor(img), torch.as_tensor(mask)
+        return backend.describe_pairs([PatchPair(t, m, t, m, modality, modality)])[0][0]
+
+    return describe
+
+
+def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range):
+    """Level 0 without a trusted prior: a global search over rotation, scale and translation of the
+    moving footprint against the reference around it. Returns (similarity models strongest first,
+    report record, ValidityMap), like level0."""
+    from .search import global_search
+
+    s = reader.s
+    mc0, mr0, mw, mh = _mov_box(s, c0)
+    g = max(mw, mh) // 4  # the moving image may lie anywhere near its nominal place
+    rcol0, rrow0, rw, rh = s.level_window(c0)
+    rc0 = max(min(rcol0, mc0 - g), 0)
+    rr0 = max(min(rrow0, mr0 - g), 0)
+    rc1 = min(max(rcol0 + rw, mc0 + mw + g), int(math.ceil(s.ref.width / (s.f_match * c0))))
+    rr1 = min(max(rrow0 + rh, mr0 + mh + g), int(math.ceil(s.ref.height / (s.f_match * c0))))
+    m = DESC_MARGIN
+    refn, refm = reader.normalized(reader.ref_raw(c0, rc0 - m, rr0 - m, rc1 - rc0 + 2 * m, rr1 - rr0 + 2 * m), "ref")
+    movn, movm = reader.normalized(reader.mov_raw(c0, mc0 - m, mr0 - m, mw + 2 * m, mh + 2 * m, None), "mov")
+    refn, refm = refn[m:-m, m:-m], refm[m:-m, m:-m]
+    movn, movm = movn[m:-m, m:-m], movm[m:-m, m:-m]
+    if refm.sum() < 64 or movm.sum() < 64:
+        raise RegistrationFailed("too few valid pixels for a global search")
+    try:
+        hyps, record = global_search(refn, refm, movn, movm, describe=_describe_fn(backend),
+                                     max_rotation=max_rotation, scale_range=scale_range, n_best=N_HYPOTHESES,
+                                     ref_modality=s.ref_modality, mov_modality=s.mov_modality)
+    except ValueError as e:
+        raise RegistrationFailed(f"global search: {e}") from None
+    if not hyps:
+        raise RegistrationFailed("the global rotation/scale search found no overlapping hypothesis")
+    T0 = s.level_transform(c0)
+    # array index (centre on integers) -> level pixel coordinate: +origin +0.5
+    to_ref = np.array([[1, 0, -rc0 - 0.5], [0, 1, -rr0 - 0.5], [0, 0, 1.0]])
+    from_mov = np.array([[1, 0, mc0 + 0.5], [0, 1, mr0 + 0.5], [0, 0, 1.0]])
+    Tm = np.array([[T0.a, T0.b, T0.c], [T0.d, T0.e, T0.f], [0, 0, 1.0]])
+    cx, cy = apply_affine(T0, (rc0 + rc1) / 2.0, (rr0 + rr1) / 2.0)
+    cands, info_c = [], []
+    for hp in hyps:
+        M = Tm @ from_mov @ hp.matrix @ to_ref @ np.linalg.inv(Tm)  # reference map -> moving georeference
+        n = np.array([[1 / s.ref_res, 0, -cx / s.ref_res], [0, 1 / s.ref_res, -cy / s.ref_res], [0, 0, 1.0]])
+        cands.append(Transform("similarity", np.array([cx, cy]), s.ref_res, matrix=n @ M @ np.linalg.inv(n)))
+        info_c.append({"rotation_deg": hp.rotation_deg, "scale": hp.scale, "shift_level_px": [hp.dx, hp.dy],
+                       "rank": hp.score, "ncc": hp.ncc, "overlap": hp.overlap, "ratio_to_next": hp.ratio,
+                       "at_search_edge": False})
+    best = hyps[0]
+    info = {"factor": c0 * s.f_match, "kind": "global", "search": "full", "grid": [int(rc1 - rc0), int(rr1 - rr0)],
+            "candidates": info_c, "beyond_search": False,
+            "search_distinct": float(np.clip(1.0 - best.ratio, 0.0, 1.0)) if best.ratio > 0 else 1.0,
+            "search_record": {k: v for k, v in record.items() if isinstance(v, (int, float, str, list, dict))}}
+    validity = ValidityMap(T0, refm.copy(), (rc0, rr0), movm.copy(), (mc0, mr0))
+    return cands, info, validity

@@ -15,17 +15,32 @@ from .raster import Raster, read_window
 SAR_DOMAINS = ("auto", "linear", "db", "display")
 
 
+SAMPLE_GRID = 4  # detect_sar_domain reads SAMPLE_GRID^2 windows ...
+SAMPLE_SIZE = 64  # ... of this many pixels a side, at full resolution
+
+
 def detect_sar_domain(r: Raster) -> str:
-    """Guess the SAR radiometric domain from a small decimated read of the whole raster."""
-    dtype = np.dtype(r.ds.dtypes[0])
+    """Guess the SAR radiometric domain from a bounded sample: a few small full-resolution windows
+    spread over the raster (a cost independent of its size; a decimated read of a huge raster
+    without overviews would read all of it). Complex rasters are read as magnitude: linear."""
+    dtype = np.dtype(r.ds.dtypes[0]) if not r.is_complex else np.dtype(np.complex64)
     if dtype == np.uint8:
         return "display"
-    f = max(1.0, max(r.width, r.height) / 256.0)
-    w, h = max(1, int(r.width / f)), max(1, int(r.height / f))
-    sample = read_window(r, 0, 0, w, h, factor=f, bands=[1])
-    v = sample[np.isfinite(sample)]
-    if v.size == 0:
+    if r.is_complex:
         return "linear"
+    n = SAMPLE_SIZE
+    vals = []
+    for fy in np.linspace(0, 1, SAMPLE_GRID):
+        for fx in np.linspace(0, 1, SAMPLE_GRID):
+            c0 = int(round(fx * max(0, r.width - n)))
+            r0 = int(round(fy * max(0, r.height - n)))
+            w = read_window(r, c0, r0, min(n, r.width), min(n, r.height), bands=[1])
+            v = w[np.isfinite(w)]
+            if v.size:
+                vals.append(v)
+    if not vals:
+        return "linear"
+    v = np.concatenate(vals)
     if np.issubdtype(dtype, np.floating) and (v < 0).mean() > 0.2:
         return "db"
     return "linear"

@@ -1,16 +1,16 @@
 """Outputs: warped raster, QGIS .points GCPs, GDAL VRT with a GCPList, JSON report.
 
-Every file is written under a temporary name in the destination folder and renamed into place
-only when complete, so an interrupted run never leaves a half-written or clobbered output.
+The writers take the path to write; `register` gives them the temporaries of one OutputSet
+(atomic.py), so a run's outputs appear together when all are complete, or not at all. Called on
+their own (atomic=True, the default) each file is still written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
+import shlex
 from xml.sax.saxutils import escape
 
 import cv2
@@ -20,31 +20,22 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.shutil import copy as rio_copy
 
+from .atomic import atomic_path  # noqa: F401 (re-exported)
 from .errors import BadInput
 from .fitting import Transform, invert
-from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_window, source_pixel_maps
+from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_rows, read_window, source_pixel_maps
+from .validate import creation_profile, output_dtype, parse_co, split_cog_options
 
 BLOCK = 1024
 
 
-@contextlib.contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside `path`; rename onto `path` on success, remove on failure."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part" + os.path.splitext(base)[1], dir=d)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        for p in (tmp, tmp + ".aux.xml", tmp + ".ovr"):
-            if os.path.exists(p):
-                os.unlink(p)
-
-
-def write_text(path: str, text: str):
+def write_text(path: str, text: str, atomic: bool = True):
+    """Write a text file; atomic: under a temporary name renamed into place (False: the caller
+    already writes to a temporary of an OutputSet)."""
+    if not atomic:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -82,14 +73,55 @@ def read_points(path: str) -> dict:
 
 
 def model_gcps(mov: Raster, ref_crs, g: Transform, overlap_ref_xy: np.ndarray, n: int = 6):
-    """GCPs sampled from the fitted model on an n x n grid over the overlap: (pixel, line, X, Y).
-    Exactly consistent with the model, so gdalwarp (any polynomial order, or -tps) reproduces it."""
-    (x0, y0), (x1, y1) = overlap_ref_xy.min(axis=0), overlap_ref_xy.max(axis=0)
-    xs, ys = np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n))
-    mx, my = g(xs.ravel(), ys.ravel())
+    """GCPs of the fitted model: (pixel, line, X, Y), X/Y in the reference CRS.
+
+    Polynomial models: sampled on an n x n grid over the overlap; gdalwarp's least-squares
+    polynomial of the matching order (-order 1 / -order 2, with -et 0) is then the model itself.
+    tps: the spline's own control points (the enabled tie points) with the model's value there; a
+    thin-plate spline through those is the fitted (smoothed) spline again, so gdalwarp -tps
+    reproduces it, where a sample grid would only approximate it."""
+    if g.kind == "tps" and g.rbf_points is not None:
+        pts = np.asarray(g.rbf_points) * g.scale + g.origin
+        xs, ys = pts[:, 0], pts[:, 1]
+    else:
+        (x0, y0), (x1, y1) = overlap_ref_xy.min(axis=0), overlap_ref_xy.max(axis=0)
+        xs, ys = np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n))
+        xs, ys = xs.ravel(), ys.ravel()
+    mx, my = g(xs, ys)
     sx, sy = crs_transformer(ref_crs, mov.crs)(mx, my)
     pc, pr = apply_affine(~mov.transform, sx, sy)
-    return np.c_[pc, pr, xs.ravel(), ys.ravel()]
+    return np.c_[pc, pr, xs, ys]
+
+
+def gdalwarp_options(kind: str) -> list[str]:
+    """The gdalwarp transformer options that reproduce a model from the GCP VRT."""
+    if kind == "tps" or kind == "homography":  # homography: a spline through the sampled grid (close)
+        return ["-tps"]
+    return ["-order", "2" if kind == "poly2" else "1"]
+
+
+def gdalwarp_command(vrt_path: str, ref: Raster, kind: str, resampling: str, nodata, src_nodata=None,
+                     dst_path: str = "warped.tif") -> str | None:
+    """The exact gdalwarp command that rebuilds the output raster from the GCP VRT: the reference
+    grid (-te/-tr), the transformer (-order/-tps), no approximation (-et 0), resampling and nodata.
+    None when the reference grid is rotated (-te/-tr describe north-up grids only)."""
+    t = ref.transform
+    if t.b != 0 or t.d != 0 or t.e >= 0 or not ref.georeferenced:
+        return None
+    x0, y1 = t.c, t.f
+    x1, y0 = t.c + t.a * ref.width, t.f + t.e * ref.height
+    args = ["gdalwarp", "-overwrite", "-of", "GTiff", "-r", resampling, "-et", "0", *gdalwarp_options(kind),
+            "-te", repr(float(x0)), repr(float(y0)), repr(float(x1)), repr(float(y1)),
+            "-tr", repr(float(t.a)), repr(float(-t.e))]
+    if src_nodata is not None:
+        args += ["-srcnodata", _nd(src_nodata)]
+    args += ["-dstnodata", _nd(nodata), vrt_path, dst_path]
+    return shlex.join(str(a) for a in args)
+
+
+def _nd(v) -> str:
+    v = float(v)
+    return "nan" if math.isnan(v) else (str(int(v)) if v.is_integer() else repr(v))
 
 
 def vrt_text(mov: Raster, ref_crs, gcps: np.ndarray) -> str:
@@ -103,8 +135,9 @@ def vrt_text(mov: Raster, ref_crs, gcps: np.ndarray) -> str:
         out.append(f'    <GCP Id="{i + 1}" Pixel="{float(p)!r}" Line="{float(l)!r}" X="{float(x)!r}" '
                    f'Y="{float(y)!r}" Z="0"/>')
     out.append("  </GCPList>")
-    gdal_types = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-                  "float32": "Float32", "float64": "Float64"}
+    gdal_types = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                  "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
+                  "complex_int16": "CInt16", "complex64": "CFloat32", "complex128": "CFloat64"}
     for b in range(1, ds.count + 1):
         dt = gdal_types.get(ds.dtypes[b - 1], "Float32")
         out.append(f'  <VRTRasterBand dataType="{dt}" band="{b}">')
@@ -122,30 +155,17 @@ def vrt_text(mov: Raster, ref_crs, gcps: np.ndarray) -> str:
 
 
 def parse_creation_options(co: list[str] | None) -> dict:
-    out = {}
-    for item in co or []:
-        if "=" not in item:
-            raise BadInput(f"--co expects NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().upper()] = v.strip()
-    return out
+    return parse_co(co)
 
 
-def _profile(mov: Raster, width: int, height: int, transform, crs, co: dict) -> dict:
-    dtype = mov.ds.dtypes[0]
+def _profile(mov: Raster, width: int, height: int, transform, crs, co: dict, driver: str = "GTiff",
+             grid: str = "reference") -> dict:
+    dtype = output_dtype(mov.ds.dtypes[0], grid)
     nodata = mov.ds.nodata
     if nodata is None:
-        nodata = float("nan") if np.issubdtype(np.dtype(dtype), np.floating) else 0
-    prof = {"driver": "GTiff", "width": width, "height": height, "count": mov.ds.count, "dtype": dtype,
-            "crs": crs, "transform": transform, "nodata": nodata, "tiled": True, "blockxsize": 512,
-            "blockysize": 512, "compress": "deflate", "bigtiff": "IF_SAFER",
-            "predictor": 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2}
-    if width < 512 or height < 512:
-        prof.update(blockxsize=256, blockysize=256) if min(width, height) >= 256 else prof.update(tiled=False)
-        if not prof["tiled"]:
-            prof.pop("blockxsize"), prof.pop("blockysize")
-    for k, v in co.items():
-        prof[k.lower()] = v
+        nodata = float("nan") if dtype[0] in "fc" else 0
+    prof = creation_profile(driver, dtype, mov.ds.count, width, height, co)
+    prof.update(crs=crs, transform=transform, nodata=nodata)
     return prof
 
 
@@ -163,8 +183,8 @@ def _cast(block: np.ndarray, dtype: str, nodata) -> np.ndarray:
 
 def _finish_cog(tmp_gtiff: str, co: dict):
     """COG output: GDAL's COG driver builds overviews and the layout from the streamed GTiff; the
-    result replaces the temporary GTiff, which atomic_path then renames into place."""
-    cog_co = {k: v for k, v in co.items() if k not in ("TILED", "BLOCKXSIZE", "BLOCKYSIZE", "PHOTOMETRIC")}
+    result replaces the temporary GTiff (a temporary of the OutputSet, renamed at commit)."""
+    cog_co = dict(split_cog_options(co)[1])
     cog_co.setdefault("COMPRESS", "DEFLATE")
     cog_co.setdefault("BIGTIFF", "IF_SAFER")
     cog_tmp = tmp_gtiff + ".cog.tif"
@@ -176,10 +196,29 @@ def _finish_cog(tmp_gtiff: str, co: dict):
             os.unlink(cog_tmp)
 
 
+def _gtiff_co(co: dict, cog: bool) -> dict:
+    return split_cog_options(co)[0] if cog else co
+
+
+class _Direct:
+    """atomic_path's stand-in when the caller already writes to a temporary."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *a):
+        return False
+
+
 def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampling: str, co: dict,
-                      cog: bool = False, progress=None, zero_is_nodata: bool = True):
-    """The moving raster on the reference grid, block by block (memory bounded by the block size)."""
-    prof = _profile(mov, ref.width, ref.height, ref.transform, ref.crs, co)
+                      cog: bool = False, progress=None, zero_is_nodata: bool = True, driver: str = "GTiff",
+                      atomic: bool = True):
+    """The moving raster on the reference grid, block by block (memory bounded by the block size).
+    A complex moving raster is written as its magnitude (float32)."""
+    prof = _profile(mov, ref.width, ref.height, ref.transform, ref.crs, _gtiff_co(co, cog), driver)
     bands = list(range(1, mov.ds.count + 1))
     to_src = crs_transformer(ref.crs, mov.crs)
     inv = ~mov.transform
@@ -188,7 +227,7 @@ def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampl
     if progress:
         progress("start", "writing output", len(blocks))
     interp = CV2_INTERP[resampling]
-    with atomic_path(path) as tmp:
+    with (atomic_path(path) if atomic else _Direct(path)) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             for c, r, w, h in blocks:
                 block = _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata)
@@ -204,7 +243,10 @@ def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampl
 
 def _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata) -> np.ndarray:
     """One output block [bands, h, w] (NaN = no data); its temporaries die on return."""
-    mx, my = source_pixel_maps(ref.transform, c, r, w, h, g, to_src, inv)
+    # the mapping is evaluated on a lattice and interpolated between: every 16 px is exact for the
+    # affine family (same CRS); curved models (poly2, tps, homography) get a finer lattice
+    step = 16 if g.is_affine() else 4
+    mx, my = source_pixel_maps(ref.transform, c, r, w, h, g, to_src, inv, step=step)
     block = np.full((len(bands), h, w), np.nan, np.float32)
     ok = np.isfinite(mx) & np.isfinite(my)
     if not ok.any():
@@ -228,12 +270,39 @@ def _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nod
     return block
 
 
-def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False) -> dict:
+def _snap(v: float, ref: float) -> float:
+    """Zero a geotransform term that is zero up to rounding (1e-12 of the pixel size): a 5e-14
+    rotation term makes gdalbuildvrt skip the file and QGIS open it through a warped VRT."""
+    return 0.0 if abs(v) < 1e-12 * abs(ref) else v
+
+
+def corrected_geotransform(mov: Raster, ref_crs, g: Transform) -> Affine | None:
+    """The exact corrected geotransform of the moving raster, or None when there is none (CRSs
+    differ, or the model is not affine). g maps the true position to the old georeference, so
+    the new geotransform is g^-1 composed with the old one."""
+    same_crs = (mov.crs is None and ref_crs is None) or (mov.crs is not None and ref_crs is not None
+                                                          and mov.crs == ref_crs)
+    if not same_crs or not g.is_affine():
+        return None
+    old = mov.transform
+    if g.kind == "translation":  # shift only: the pixel size and rotation terms stay bit for bit
+        tx, ty = g.matrix[0, 2] * g.scale, g.matrix[1, 2] * g.scale
+        return Affine(old.a, old.b, old.c - tx, old.d, old.e, old.f - ty)
+    m = g.map_matrix()
+    G = Affine(m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
+    t = ~G * old
+    px = max(abs(t.a), abs(t.b), abs(t.d), abs(t.e))
+    return Affine(_snap(t.a, px), _snap(t.b, px), t.c, _snap(t.d, px), _snap(t.e, px), t.f)
+
+
+def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, cog: bool = False,
+                      driver: str = "GTiff", atomic: bool = True) -> dict:
     """--grid moving: the moving pixels unchanged, only the georeference corrected.
 
     Same CRS and an affine-family model: the corrected geotransform is exact (g^-1 composed with the
-    old one). Otherwise the best geotransform in the moving CRS is fitted to the corrected mapping;
-    when it deviates by more than 0.05 px anywhere, the output carries a GCP grid instead.
+    old one; a translation changes the origin only). Otherwise the best geotransform in the moving
+    CRS is fitted to the corrected mapping; when it deviates by more than 0.05 px anywhere, the
+    output carries a GCP grid instead.
     """
     ds = mov.ds
     info = {}
@@ -245,13 +314,18 @@ def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, c
     rx, ry = crs_transformer(mov.crs, ref_crs)(mx, my)  # where the old georef puts them (ref CRS)
     tx, ty = invert(g, rx, ry)  # true position (ref CRS)
     ox, oy = crs_transformer(ref_crs, mov.crs)(tx, ty)  # true position in the moving CRS
-    A = np.c_[cc, rr, np.ones_like(cc)]
-    sol = np.linalg.lstsq(A, np.c_[ox, oy], rcond=None)[0]
-    new_t = Affine(sol[0, 0], sol[1, 0], sol[2, 0], sol[0, 1], sol[1, 1], sol[2, 1])
+    new_t = corrected_geotransform(mov, ref_crs, g)
+    info["geotransform"] = "exact" if new_t is not None else "fitted"
+    if new_t is None:
+        A = np.c_[cc, rr, np.ones_like(cc)]
+        sol = np.linalg.lstsq(A, np.c_[ox, oy], rcond=None)[0]
+        t = Affine(sol[0, 0], sol[1, 0], sol[2, 0], sol[0, 1], sol[1, 1], sol[2, 1])
+        px = max(abs(t.a), abs(t.b), abs(t.d), abs(t.e))
+        new_t = Affine(_snap(t.a, px), _snap(t.b, px), t.c, _snap(t.d, px), _snap(t.e, px), t.f)
     px, py = apply_affine(~new_t, ox, oy)
     dev = float(np.max(np.hypot(px - cc, py - rr)))
     info["max_geotransform_deviation_px"] = dev
-    prof = dict(_profile(mov, ds.width, ds.height, new_t, mov.crs, co))
+    prof = dict(_profile(mov, ds.width, ds.height, new_t, mov.crs, _gtiff_co(co, cog), driver, grid="moving"))
     gcps = None
     if dev > 0.05:
         prof.pop("transform")
@@ -262,20 +336,21 @@ def write_moving_grid(mov: Raster, ref_crs, g: Transform, path: str, co: dict, c
     else:
         info["georeference"] = "geotransform"
         info["transform"] = list(new_t)[:6]
-    with atomic_path(path) as tmp:
+        info["rotated"] = bool(new_t.b != 0 or new_t.d != 0)
+    with (atomic_path(path) if atomic else _Direct(path)) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             if gcps is not None:
                 dst.gcps = (gcps, ref_crs)
             for r in range(0, ds.height, BLOCK):
                 h = min(BLOCK, ds.height - r)
-                dst.write(ds.read(window=((r, r + h), (0, ds.width))), window=((r, r + h), (0, ds.width)))
+                dst.write(read_rows(mov, r, h), window=((r, r + h), (0, ds.width)))
         if cog:
             _finish_cog(tmp, co)
     return info
 
 
-def write_report(path: str, report: dict):
-    write_text(path, json.dumps(report, indent=2, default=_json_default) + "\n")
+def write_report(path: str, report: dict, atomic: bool = True):
+    write_text(path, json.dumps(report, indent=2, default=_json_default) + "\n", atomic=atomic)
 
 
 def _json_default(o):

@@ -24,7 +24,7 @@ def fill_mask(raw: np.ndarray) -> np.ndarray:
     """Near-black fill of integer products that declare no nodata (the empty corners of a rotated
     chip, JPEG noise 0-3): solid blocks of very low values, grown by 2 px so the edge ringing and
     the resampled border go too. Isolated dark pixels of real data (speckle, shadow) stay."""
-    low = np.nan_to_num(np.nanmax(raw, axis=0), nan=0.0) <= FILL_MAX
+    low = np.nan_to_num(raw, nan=0.0).max(axis=0) <= FILL_MAX  # nodata (NaN) counts as fill
     if not low.any():
         return low
     k = np.ones((FILL_BLOCK, FILL_BLOCK), np.uint8)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from affine import Affine
@@ -20,7 +20,7 @@ from affine import Affine
 from .config import MatchOptions  # noqa: F401 (re-exported)
 from .errors import BadInput, RegistrationFailed
 from .fitting import SIMPLER, FitResult, Transform, fit_transform, invert, select_model, spread_ok
-from .hypotheses import level0
+from .hypotheses import level0, search_factor, search_hypotheses
 from .imaging import detect_sar_domain
 from .levels import TieMatch  # noqa: F401 (re-exported)
 from .levels import TileLevel
@@ -77,6 +77,7 @@ class RegistrationResult:
     failure: str | None = None
     model_selection: dict | None = None
     verdict: dict | None = None
+    search: dict | None = None  # --search mode, which pass gave the result, what each pass found
 
 
 def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
@@ -176,11 +177,23 @@ class Matcher:
 
         return template_layout(lc0, lr0, lw, lh, size, max_n, valid_fraction, o.overlap)
 
-    def run(self) -> tuple[FitResult | None, list[TieMatch]]:
+    def run(self, search: str = "prior") -> tuple[FitResult | None, list[TieMatch]]:
+        """search 'prior': trust the georeference to a few degrees/percent and search --max-shift
+        around it; 'full': a global rotation/scale/translation search first (hypotheses.search_hypotheses)."""
         s, o = self.s, self.opts
-        factors = self.factors()
-        c0 = factors[0]
-        candidates, ginfo, self.validity = level0(self.reader, self.backend, c0, o.max_shift)
+        if search == "full":
+            c0 = search_factor(s)
+            factors = [c0]
+            while factors[-1] > 1:
+                factors.append(max(1, factors[-1] // 4))
+            candidates, ginfo, self.validity = search_hypotheses(self.reader, self.backend, c0, o.max_rotation,
+                                                                 o.scale_range)
+            rec = ginfo.get("search_record", {})
+            self.n_hypotheses = max(1, int(rec.get("n_scan", 0) or len(candidates)))
+        else:
+            factors = self.factors()
+            c0 = factors[0]
+            candidates, ginfo, self.validity = level0(self.reader, self.backend, c0, o.max_shift)
         self.levels.append(ginfo)
         model = candidates[0]
         model_is_translation = True
@@ -225,6 +238,9 @@ class Matcher:
             _, model_in, ties, lfit, info, self.tile_records, tiles, surfaces = tried[best]
             model = model_in
             info["matches"] = len(ties)
+            # templates whose own best peak over the whole search window is the tie point: where the
+            # evidence comes from the data and not from the consensus that guided it
+            info["own_peak_share"] = float(np.mean([t.gap > -0.005 for t in ties])) if ties else 0.0
             if lfit is not None and lfit.inliers.sum() >= 2:
                 info.update({"fit": lfit.kind, "inliers": int(lfit.inliers.sum()), "rmse_ref_px": lfit.rmse})
                 model = lfit.transform
@@ -337,6 +353,25 @@ def _correction_px(scene: Scene, g: Transform) -> float:
     return float(math.hypot(gx - x, gy - y) / scene.ref_res)
 
 
+# template skips that mean "correlated, but no peak agrees with the model" (the others: no data/structure)
+DISAGREEING = ("no valid displacement near the consensus", "no local NCC maximum near the consensus", "weak match")
+
+
+def _n_correlated(records: list[dict]) -> int:
+    return sum(1 for r in records if "skipped" not in r or r["skipped"] in DISAGREEING)
+
+
+def _template_xy(scene: Scene, records: list[dict]) -> np.ndarray:
+    """Centres (reference map) of the correlated templates."""
+    pts = []
+    for r in records:
+        if "skipped" in r and r["skipped"] not in DISAGREEING:
+            continue
+        T = scene.level_transform(r["level"] / scene.f_match)
+        pts.append(apply_affine(T, r["col0"] + r["size"] / 2.0, r["row0"] + r["size"] / 2.0))
+    return np.array(pts, float).reshape(-1, 2)
+
+
 def _check_points(ties: list[TieMatch], n: int = 7) -> np.ndarray:
     """A lattice over the extent of the matched templates (where the data is), reference map coords."""
     xy = np.array([t.ref_xy for t in ties], float)
@@ -346,10 +381,34 @@ def _check_points(ties: list[TieMatch], n: int = 7) -> np.ndarray:
 
 
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
+    """One registration. --search auto trusts the prior first and, when the verdict rejects that
+    result, runs the full rotation/scale search before giving up (the report says so)."""
+    first = "full" if opts.search == "full" else "prior"
+    res = _match_once(replace(scene), backend, opts, first, selector, progress)
+    res.search = {"mode": opts.search, "used": first}
+    if opts.search == "auto" and res.failure is not None:
+        full = _match_once(replace(scene), backend, opts, "full", selector, progress)
+        tried = {"prior": _summary(res), "full": _summary(full)}
+        if full.failure is None:
+            full.warnings.insert(0, "the georeference could not be trusted (" + res.failure + "); "
+                                    "a full rotation/scale search found the answer")
+            res = full
+        res.search = {"mode": "auto", "used": "full" if res is full else "prior", "tried": tried}
+    return res
+
+
+def _summary(r: RegistrationResult) -> dict:
+    v = r.verdict or {}
+    return {"failure": r.failure, "verdict": v.get("level"), "score": v.get("score"),
+            "model": r.fit.kind if r.fit is not None else None}
+
+
+def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector=None, progress=None
+                ) -> RegistrationResult:
     t0 = time.perf_counter()
     m = Matcher(scene, backend, opts, selector=selector, progress=progress)
     try:
-        fit, ties = m.run()
+        fit, ties = m.run(search)
     except RegistrationFailed as e:  # nothing to match at all: still a result with a report
         return RegistrationResult(scene=scene, fit=None, ties=[], levels=m.levels, tiles=m.tile_records,
                                   warnings=m.warnings, timings={"matching_s": time.perf_counter() - t0},
@@ -389,7 +448,8 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
                 t.rec["inlier"] = bool(inl)
         verdict = evaluate(final, ties, m.levels, scene.ref_res, _check_points(ties), opts.max_shift,
                            _correction_px(scene, final.transform), n_hypotheses=m.n_hypotheses,
-                           accept_weak=opts.accept_weak)
+                           accept_weak=opts.accept_weak, n_correlated=_n_correlated(m.tile_records),
+                           template_xy=_template_xy(scene, m.tile_records))
         if verdict["level"] != "strong":
             if verdict["accepted"]:
                 warns.append("the verdict is weak, accepted because of --accept-weak: " + "; ".join(verdict["reasons"]))
@@ -399,6 +459,7 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
         verdict = evaluate(None, ties, m.levels, scene.ref_res, None, opts.max_shift, None)
     n_skipped = sum(1 for r in m.tile_records if "skipped" in r)
     counts = {"tiles_tried": len(m.tile_records), "tiles_skipped": n_skipped, "tiles_matched": len(ties),
+              "templates_correlated": _n_correlated(m.tile_records),
               "inliers": int(final.inliers.sum()) if final is not None else 0}
     return RegistrationResult(scene=scene, fit=final, ties=ties, levels=m.levels, tiles=m.tile_records,
                               warnings=m.warnings + warns, timings={"matching_s": t1 - t0}, counts=counts,

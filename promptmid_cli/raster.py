@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,6 +26,9 @@ from shapely.geometry import Polygon
 from .errors import BadInput
 
 STRIP_SOURCE_ROWS = 512  # source rows per decimated read
+
+# an ungeoreferenced raster is a supported input (pixel frame): rasterio's warning about it is noise
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
 
 # QGIS's convention for a raster without georeference: x = pixel, y = -line
 PIXEL_FRAME = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
@@ -69,6 +73,10 @@ class Raster:
         return self.ds.height
 
     @property
+    def is_complex(self) -> bool:
+        return self.ds.dtypes[0].startswith("complex")
+
+    @property
     def res(self) -> float:
         """Mean pixel size in map units (handles rotated geotransforms)."""
         t = self.transform
@@ -85,6 +93,7 @@ class Raster:
             "resolution": self.res,
             "transform": list(self.transform)[:6],
             "georeferenced": self.georeferenced,
+            **({"values": "magnitude of the complex samples"} if self.is_complex else {}),
         }
 
     def close(self):
@@ -96,20 +105,45 @@ class Raster:
 
 def open_raster(path: str, role: str) -> Raster:
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
         msg = str(e).splitlines()[0] if str(e) else "cannot open"
         raise BadInput(f"cannot open {role} raster {path}: {msg}") from None
     if ds.width < 2 or ds.height < 2:
-        raise BadInput(f"{role} raster {path} is too small ({ds.width}x{ds.height})")
+        ds.close()
+        raise BadInput(f"the {role} raster {path} is {ds.width}x{ds.height} pixels, too small to match")
     crs = CRS.from_user_input(ds.crs) if ds.crs else None
     t = ds.transform
     georef = crs is not None or not t.is_identity
     if not georef:
         t = PIXEL_FRAME
     if abs(t.a * t.e - t.b * t.d) == 0:
+        ds.close()
         raise BadInput(f"{role} raster {path} has a degenerate geotransform")
     return Raster(path=path, ds=ds, crs=crs, transform=t, georeferenced=georef)
+
+
+def _read_error(r: Raster, e: Exception) -> BadInput:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else "read failed"
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip():
+        msg = str(cause).strip().splitlines()[0]
+    return BadInput(f"cannot read {r.path}: {msg} (truncated or corrupt file?)")
+
+
+def _read(r: Raster, ds, bands, **kw) -> np.ndarray:
+    """ds.read with GDAL read errors (truncated file, corrupt block) as BadInput."""
+    try:
+        return ds.read(bands, **kw)
+    except rasterio.errors.RasterioError as e:
+        raise _read_error(r, e) from None
+
+
+def read_rows(r: Raster, row0: int, h: int) -> np.ndarray:
+    """Full rows of every band, raw values (complex stays complex): --grid moving copies pixels."""
+    return _read(r, r.handle(), list(range(1, r.ds.count + 1)), window=Window(0, row0, r.width, h))
 
 
 def crs_transformer(src: CRS | None, dst: CRS | None) -> Callable[[np.ndarray, np.ndarray], tuple]:
@@ -167,9 +201,24 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
     if c_hi <= c_lo or r_hi <= r_lo:
         return out
     ds = r.handle()
+    cplx = r.is_complex
     if factor == 1.0 and float(col0).is_integer() and float(row0).is_integer():
         win = Window(col0 + c_lo, row0 + r_lo, c_hi - c_lo, r_hi - r_lo)
-        arr = ds.read(bands, window=win)
+        arr = _read(r, ds, bands, window=win)
+        if cplx:  # SLC-like products: matching uses the amplitude; the phase is noise to it
+            arr = np.abs(arr).astype(np.float32)
+    elif cplx:
+        # averaging complex samples would cancel their random phases: read full resolution,
+        # take the magnitude, then area-average (strip by strip, as below)
+        arr = np.empty((len(bands), r_hi - r_lo, c_hi - c_lo), dtype=np.float32)
+        step = max(1, int(STRIP_SOURCE_ROWS // factor))
+        for a in range(r_lo, r_hi, step):
+            b = min(r_hi, a + step)
+            x0, y0 = (col0 + c_lo) * factor, (row0 + a) * factor
+            win = Window(x0, y0, (c_hi - c_lo) * factor, (b - a) * factor)
+            full = np.abs(_read(r, ds, bands, window=win, boundless=False)).astype(np.float32)
+            for i in range(len(bands)):
+                arr[i, a - r_lo:b - r_lo] = cv2.resize(full[i], (c_hi - c_lo, b - a), interpolation=cv2.INTER_AREA)
     else:
         # decimated reads in strips: GDAL resamples through a buffer of the full-resolution source
         # window, so one read of a whole scene would cost memory growing with the scene
@@ -178,8 +227,8 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
         for a in range(r_lo, r_hi, step):
             b = min(r_hi, a + step)
             win = Window((col0 + c_lo) * factor, (row0 + a) * factor, (c_hi - c_lo) * factor, (b - a) * factor)
-            arr[:, a - r_lo:b - r_lo] = ds.read(bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
-                                                resampling=resampling)
+            arr[:, a - r_lo:b - r_lo] = _read(r, ds, bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
+                                              resampling=resampling)
     bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
     a = arr.astype(np.float32)
     a[:, bad] = np.nan

@@ -8,63 +8,35 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 
 from . import __version__
-from .errors import BadInput, RegistrationFailed
+from .errors import BadInput, RegistrationFailed  # noqa: F401 (BadInput re-exported)
 from .imaging import to_intensity
-from .outputs import (model_gcps, moving_map_coords, parse_creation_options, points_text, vrt_text,
-                      warp_to_reference, write_moving_grid, write_report, write_text)
+from .outputs import (gdalwarp_command, model_gcps, moving_map_coords, points_text, vrt_text, warp_to_reference,
+                      write_moving_grid, write_report, write_text)
+from . import validate as _validate
+from .atomic import OutputSet
 from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
-from .pipeline import RegistrationResult, build_scene, run_matching
 from .raster import apply_affine, open_raster
 
-MODELS = ("translation", "similarity", "affine", "homography", "poly2", "tps")
-RESAMPLING = ("nearest", "bilinear", "cubic", "lanczos")
+MODELS = _validate.MODELS
+RESAMPLING = _validate.RESAMPLING
 
 
 def check_outputs(cfg: RegisterConfig) -> dict:
-    """Refuse to clobber anything unless --overwrite; outputs must not be an input."""
-    paths = {"out": cfg.out, **cfg.sidecars()}
-    inputs = {os.path.abspath(cfg.optical), os.path.abspath(cfg.sar)}
-    for name, p in paths.items():
-        if p is None:
-            continue
-        ap = os.path.abspath(p)
-        if ap in inputs:
-            raise BadInput(f"output {p} is one of the inputs; inputs are never modified")
-        d = os.path.dirname(ap)
-        if not os.path.isdir(d):
-            raise BadInput(f"output folder does not exist: {d}")
-        if os.path.exists(ap) and not cfg.overwrite:
-            raise BadInput(f"{p} already exists (use --overwrite to replace it)")
-    return paths
+    """Outputs distinct from each other and from the inputs, folders writable, nothing clobbered
+    without --overwrite (see validate.check_outputs)."""
+    return _validate.check_outputs(cfg)
 
 
 def validate(cfg: RegisterConfig):
-    m = cfg.match
-    if m.model not in MODELS:
-        raise BadInput(f"unknown --model {m.model!r} (choose from {', '.join(MODELS)})")
-    if cfg.resampling not in RESAMPLING:
-        raise BadInput(f"unknown --resampling {cfg.resampling!r} (choose from {', '.join(RESAMPLING)})")
-    if cfg.moving not in ("sar", "optical"):
-        raise BadInput("--moving must be 'sar' or 'optical'")
-    if cfg.grid not in ("reference", "moving"):
-        raise BadInput("--grid must be 'reference' or 'moving'")
-    if not (16 <= m.tile_size <= 4096):
-        raise BadInput("--tile-size must be between 16 and 4096")
-    if not (0.0 <= m.overlap < 0.95):
-        raise BadInput("--overlap must be in [0, 0.95)")
-    if not (m.max_shift > 0):
-        raise BadInput("--max-shift must be positive")
-    if m.match_res is not None and not (m.match_res > 0):
-        raise BadInput("--match-res must be positive")
+    """Cheap checks that need no output folder yet (batch creates those): options and inputs."""
+    _validate.validate_options(cfg)
     for p, role in ((cfg.optical, "optical"), (cfg.sar, "SAR")):
-        if not os.path.exists(p):
-            raise BadInput(f"{role} input not found: {p}")
+        _validate.open_input(p, role).close()
 
 
 def make_backend(cfg: RegisterConfig):
@@ -103,20 +75,29 @@ def _tile_polygon(scene, rec) -> list:
     return [(float(x), float(y)) for x, y in zip(xs, ys)]
 
 
-def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timings: dict, extra: dict) -> dict:
+def build_report(cfg: RegisterConfig, res: "RegistrationResult", paths: dict, timings: dict, extra: dict) -> dict:
     s = res.scene
     fit = res.fit
     ties_out = []
     for i, t in enumerate(res.ties):
-        d = {"tile": t.tile, "ref_xy": t.ref_xy, "mov_xy": t.mov_xy, "score": t.score, "gap_to_surface_max": t.gap}
+        d = {"tile": t.tile, "ref_xy": t.ref_xy, "mov_xy": t.mov_xy, "score": t.score, "gap_to_surface_max": t.gap,
+             "confidence": t.confidence}
         if fit is not None:
             d["inlier"] = bool(fit.inliers[i])
             d["residual_ref_px"] = float(np.hypot(*fit.residuals[i]))
         ties_out.append(d)
+    import sys
+    from datetime import datetime, timezone
+
+    # what matters first: status, verdict, correction, model; then how it was obtained
     rep = {
-        "tool": {"name": "promptmid", "version": __version__},
-        "status": "registered" if fit is not None else "failed",
+        "status": "registered" if fit is not None and not res.failure else "failed",
         "failure": res.failure,
+        "verdict": res.verdict,
+        "correction": extra.pop("correction", None),
+        "model": fit.transform.describe() if fit is not None else None,
+        "tool": {"name": "promptmid", "version": __version__, "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
+                 "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "inputs": {"optical": s.ref.info() if s.ref_modality == "optical" else s.mov.info(),
                    "sar": s.mov.info() if s.mov_modality == "sar" else s.ref.info(),
                    "reference": "optical" if s.ref_modality == "optical" else "sar",
@@ -128,9 +109,9 @@ def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timi
                      "overlap_window_ref_px": list(s.window)},
         "descriptor": res.descriptor,
         "prompt_selector": res.prompt_selector,
-        "model": fit.transform.describe() if fit is not None else None,
         "model_requested": res.model_requested,
         "model_selection": res.model_selection,
+        "search": res.search,
         "counts": res.counts,
         "rmse_ref_px": fit.rmse if fit is not None else None,
         "levels": res.levels,
@@ -140,10 +121,17 @@ def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timi
         "warnings": res.warnings,
     }
     rep.update(extra)
+    if rep.get("correction"):
+        from .summary import correction_metres
+
+        m = correction_metres(rep)  # metres also for geographic CRSs (on the ellipsoid)
+        if m:
+            rep["correction"].update({"east_m": m["east_m"], "north_m": m["north_m"], "length_m": m["length_m"],
+                                      "bearing_deg": m["bearing_deg"]})
     return rep
 
 
-def _correction_summary(res: RegistrationResult) -> dict:
+def _correction_summary(res: "RegistrationResult") -> dict:
     """Shift of the moving image at the overlap centre (reference pixels), for humans."""
     s = res.scene
     c0, r0, w, h = s.window
@@ -166,11 +154,37 @@ def register(cfg: RegisterConfig, progress=None) -> dict:
         return _register(cfg, progress)
 
 
+def _source_coords(mov, ref_crs, mov_xy: np.ndarray, pixel: bool) -> np.ndarray:
+    """.points sourceX/sourceY: the moving raster's own map coordinates, or (pixel) QGIS's frame for
+    an ungeoreferenced source: x = column, y = -row."""
+    if not pixel:
+        return moving_map_coords(mov, ref_crs, mov_xy)
+    sx, sy = moving_map_coords(mov, ref_crs, mov_xy).T
+    col, row = apply_affine(~mov.transform, sx, sy)
+    return np.c_[col, -row]
+
+
+def _tile_map(scene, res) -> list:
+    tiles = []
+    for rec in res.tiles:
+        d = {k: v for k, v in rec.items() if k not in ("prompt",)}
+        if rec.get("prompt"):
+            d.update({"class": rec["prompt"].get("class"), "prompt": rec["prompt"].get("prompt"),
+                      "class_score": rec["prompt"].get("score")})
+        d["polygon"] = _tile_polygon(scene, rec)
+        tiles.append(d)
+    return tiles
+
+
 def _register(cfg: RegisterConfig, progress=None) -> dict:
     t_start = time.perf_counter()
-    validate(cfg)
-    paths = check_outputs(cfg)
-    co = parse_creation_options(cfg.co)
+    paths = _validate.validate_register(cfg)  # everything that can be known before any work
+    from .pipeline import build_scene, run_matching  # heavy (torch): only once the inputs are known good
+
+    driver = _validate.output_driver(cfg) if cfg.write_raster else None
+    co = _validate.parse_co(cfg.co)
+    report_path = paths["report"]  # None: report '-' goes to stdout (the command line prints it)
+    shown = {**{k: v for k, v in paths.items() if v}, "report": report_path or "-"}
     opt = open_raster(cfg.optical, "optical")
     sar = open_raster(cfg.sar, "SAR")
     try:
@@ -186,55 +200,90 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
         timings["setup"] = time.perf_counter() - t
         t = time.perf_counter()
         res = run_matching(scene, backend, cfg.match, selector=prompter, progress=progress)
+        scene = res.scene  # the pass that gave the result knows the true overlap
         res.prompt_selector = selector.settings()
         res.warnings = list(selector.settings().get("warnings", [])) + res.warnings
         timings["matching"] = time.perf_counter() - t
         extra = {}
-        if paths.get("tiles"):
-            from .tilemap import write_tiles_geojson
-
-            tiles = []
-            for rec in res.tiles:
-                d = {k: v for k, v in rec.items() if k not in ("prompt",)}
-                if rec.get("prompt"):
-                    d.update({"class": rec["prompt"].get("class"), "prompt": rec["prompt"].get("prompt"),
-                              "class_score": rec["prompt"].get("score")})
-                d["polygon"] = _tile_polygon(scene, rec)
-                tiles.append(d)
-            write_tiles_geojson(paths["tiles"], tiles, ref.crs.to_wkt() if ref.crs else None)
-        if res.fit is None:
+        if mov.is_complex:
+            res.warnings.append(f"the {mm} raster is complex ({mov.ds.dtypes[0]}): matched on its magnitude"
+                                + (", written as magnitude (float32)" if cfg.grid == "reference" else ""))
+        if res.fit is None or res.failure:
+            # a failed run writes its report only (atomically), no other output
             timings["total"] = time.perf_counter() - t_start
-            report = build_report(cfg, res, {"report": paths["report"]}, timings, extra)
-            write_report(paths["report"], report)
+            report = build_report(cfg, res, {"report": report_path or "-"}, timings, extra)
+            if report_path:
+                write_report(report_path, report)
             raise RegistrationFailed(res.failure or "registration failed", result=report)
         g = res.fit.transform
-        t = time.perf_counter()
-        # tie points: true position (reference CRS) and the moving image's own map coordinates
-        ref_xy = np.array([tp.ref_xy for tp in res.ties])
-        mov_xy = np.array([tp.mov_xy for tp in res.ties])
-        resid = res.fit.residuals * scene.ref_res
-        write_text(paths["gcp"], points_text(ref.crs, ref_xy, moving_map_coords(mov, ref.crs, mov_xy),
-                                             res.fit.inliers, resid))
-        c0, r0, w, h = scene.window
-        corners = np.array(apply_affine(ref.transform, [c0, c0 + w, c0 + w, c0], [r0, r0, r0 + h, r0 + h])).T
-        gcps = model_gcps(mov, ref.crs, g, corners)
-        write_text(paths["vrt"], vrt_text(mov, ref.crs, gcps))
-        timings["gcps"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if cfg.write_raster:
-            if cfg.grid == "reference":
-                warp_to_reference(mov, ref, g, cfg.out, cfg.resampling, co, cog=cfg.cog, progress=progress,
-                                  zero_is_nodata=cfg.match.zero_is_nodata)
-                extra["output_grid"] = {"grid": "reference"}
-            else:
-                extra["output_grid"] = {"grid": "moving",
-                                        **write_moving_grid(mov, ref.crs, g, cfg.out, co, cog=cfg.cog)}
-        timings["write"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
-        extra["correction"] = _correction_summary(res)
-        report = build_report(cfg, res, paths, timings, extra)
-        write_report(paths["report"], report)
+        rotated = mov.transform.b != 0 or mov.transform.d != 0
+        if rotated and not cfg.gcp_pixel_coords:
+            res.warnings.append("the moving raster's geotransform is rotated: QGIS's Georeferencer ignores rotation "
+                                "terms when it reads the .points source coordinates (GCPs would land off); use "
+                                "--gcp-pixel-coords to write pixel/line source coordinates instead")
+        with OutputSet() as outs:  # every output under a temporary name; renamed together at the end
+            t = time.perf_counter()
+            # tie points: true position (reference CRS) and the moving image's own coordinates
+            ref_xy = np.array([tp.ref_xy for tp in res.ties])
+            mov_xy = np.array([tp.mov_xy for tp in res.ties])
+            resid = res.fit.residuals * scene.ref_res
+            write_text(outs.temp(paths["gcp"]), points_text(ref.crs, ref_xy,
+                                                            _source_coords(mov, ref.crs, mov_xy, cfg.gcp_pixel_coords),
+                                                            res.fit.inliers, resid), atomic=False)
+            extra["gcp_source_coordinates"] = "pixel" if cfg.gcp_pixel_coords else "map"
+            c0, r0, w, h = scene.window
+            corners = np.array(apply_affine(ref.transform, [c0, c0 + w, c0 + w, c0], [r0, r0, r0 + h, r0 + h])).T
+            gcps = model_gcps(mov, ref.crs, g, corners)
+            write_text(outs.temp(paths["vrt"]), vrt_text(mov, ref.crs, gcps), atomic=False)
+            timings["gcps"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if cfg.write_raster:
+                if cfg.grid == "reference":
+                    warp_to_reference(mov, ref, g, outs.temp(cfg.out), cfg.resampling, co, cog=cfg.cog,
+                                      progress=progress, zero_is_nodata=cfg.match.zero_is_nodata, driver=driver,
+                                      atomic=False)
+                    extra["output_grid"] = {"grid": "reference"}
+                else:
+                    extra["output_grid"] = {"grid": "moving",
+                                            **write_moving_grid(mov, ref.crs, g, outs.temp(cfg.out), co, cog=cfg.cog,
+                                                                driver=driver, atomic=False)}
+            extra["gdalwarp_command"] = _gdalwarp_command(cfg, ref, mov, g, paths)
+            timings["write"] = time.perf_counter() - t
+            if paths.get("tiles"):
+                from .tilemap import write_tiles_geojson
+
+                write_tiles_geojson(outs.temp(paths["tiles"]), _tile_map(scene, res),
+                                    ref.crs.to_wkt() if ref.crs else None, atomic=False)
+            extra["correction"] = _correction_summary(res)
+            timings["total"] = time.perf_counter() - t_start
+            report = build_report(cfg, res, shown, timings, extra)
+            if cfg.plot:
+                from .plot import write_plot
+
+                write_plot(outs.temp(paths["plot"]), res, report)
+            if cfg.tie_points:
+                from .vectors import write_tie_points
+
+                write_tie_points(outs.temp(paths["tie_points"]), res, report)
+            if report_path:
+                write_report(outs.temp(report_path), report, atomic=False)  # last: its presence means complete
+            outs.commit()
         return report
     finally:
         opt.close()
         sar.close()
+
+
+def _gdalwarp_command(cfg: RegisterConfig, ref, mov, g, paths: dict) -> str | None:
+    """The gdalwarp command that rebuilds the raster output from the GCP VRT (reference grid)."""
+    from .validate import output_dtype
+
+    dtype = output_dtype(mov.ds.dtypes[0], "reference")
+    nodata = mov.ds.nodata
+    if nodata is None:
+        nodata = float("nan") if dtype[0] in "fc" else 0
+    src_nodata = mov.ds.nodata
+    if src_nodata is None and cfg.match.zero_is_nodata and mov.ds.count == 1:
+        src_nodata = 0
+    return gdalwarp_command(paths["vrt"], ref, g.kind, cfg.resampling, nodata, src_nodata,
+                            dst_path="warped.tif")

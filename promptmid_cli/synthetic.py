@@ -176,8 +176,10 @@ def checkpoint_rmse(points_path: str, truth: Affine, ref_transform: Affine, shap
 
     rows = [ln.split(",") for ln in open(points_path).read().splitlines()
             if ln and not ln.startswith("#") and not ln.startswith("mapX")]
-    a = np.array([[float(v) for v in r[:5]] for r in rows])
+    a = np.array([[float(v) for v in r[:5]] for r in rows]).reshape(-1, 5)
     a = a[a[:, 4] > 0]
+    if len(a) < 3:  # no affine from fewer points: the answer cannot be scored as right
+        return float("inf")
     src, dst = a[:, 0:2], a[:, 2:4]  # true map -> moving georeference
     A = np.c_[src, np.ones(len(src))]
     sol = np.linalg.lstsq(A, dst, rcond=None)[0]
@@ -187,9 +189,10 @@ def checkpoint_rmse(points_path: str, truth: Affine, ref_transform: Affine, shap
     pts = np.c_[x, y]
     pred = np.c_[pts, np.ones(len(pts))] @ sol
     tx, ty = truth * (x, y)
-    err = np.hypot(pred[:, 0] - tx, pred[:, 1] - ty)
-    res = math.sqrt(abs(ref_transform.a * ref_transform.e - ref_transform.b * ref_transform.d))
-    return float(np.sqrt((err ** 2).mean()) / res)
+    # map-space error -> reference pixel axes (exact for non-square pixels, e.g. EPSG:4326 grids)
+    lin = ~Affine(ref_transform.a, ref_transform.b, 0.0, ref_transform.d, ref_transform.e, 0.0)
+    ec, er = lin * (pred[:, 0] - tx, pred[:, 1] - ty)
+    return float(np.sqrt((ec ** 2 + er ** 2).mean()))
 
 
 def db_to_format(db: np.ndarray, sar_format: str):
@@ -243,3 +246,104 @@ def write_case(out_dir, optical: np.ndarray, sar_db: np.ndarray, res: float, err
                        transform=err * sar_true, nodata=nodata) as dst:
         dst.write(data[None])
     return SyntheticPair(opt_path, sar_path, err, ref_t, (h, w), crs)
+
+
+# ------------------------------------------------------------------ rotated chips (issue #8)
+def resample(img: np.ndarray, src_t: Affine, dst_t: Affine, shape, border=np.nan) -> np.ndarray:
+    """Sample img (grid src_t) at the pixel centres of grid dst_t (shape h, w), bilinear, with an
+    anti-alias blur when the target pixel is coarser than the source's. img: (H, W) or (B, H, W)."""
+    h, w = shape
+    cc, rr = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    inv = ~src_t * dst_t  # target pixel -> source pixel
+    sc = (inv.a * cc + inv.b * rr + inv.c - 0.5).astype(np.float32)
+    sr = (inv.d * cc + inv.e * rr + inv.f - 0.5).astype(np.float32)
+    ratio = math.sqrt(abs(dst_t.a * dst_t.e - dst_t.b * dst_t.d) / abs(src_t.a * src_t.e - src_t.b * src_t.d))
+    sigma = 0.5 * math.sqrt(ratio ** 2 - 1) if ratio > 1 else 0.0
+
+    def one(band):
+        b = band.astype(np.float32)
+        if sigma > 0.3:
+            b = cv2.GaussianBlur(b, (0, 0), sigma)
+        return cv2.remap(b, sc, sr, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=float(border))
+
+    return np.stack([one(b) for b in img]) if img.ndim == 3 else one(img)
+
+
+def jpeg_like_fill(shape, rng) -> np.ndarray:
+    """Near-black fill as lossy products leave it: DN 0-3, blocky (8x8) plus pixel noise."""
+    h, w = shape
+    blocks = rng.integers(0, 3, (h // 8 + 1, w // 8 + 1))
+    base = np.kron(blocks, np.ones((8, 8), np.int64))[:h, :w]
+    return np.clip(base + rng.integers(-1, 2, (h, w)), 0, 3).astype(np.uint8)
+
+
+def encode_with_fill(db: np.ndarray, valid: np.ndarray, sar_format: str, rng):
+    """Encode a dB chip like db_to_format, with near-black fill (no nodata declared: a float32 dB
+    file keeps NaN as its nodata for NaN rows only) where ~valid. Returns (array, dtype, nodata)."""
+    dn = jpeg_like_fill(db.shape, rng)
+    data, dtype, _ = db_to_format(np.where(valid, db, -30.0), sar_format)
+    if sar_format in ("uint8", "uint16_power"):
+        fill = dn.astype(data.dtype)
+    elif sar_format == "float32_power":
+        fill = dn.astype(np.float32) / 20000.0  # the uint16 product's scale: DN 0-3 (exact zeros included)
+    elif sar_format == "float32_db":
+        fill = (10 * np.log10((dn.astype(np.float32) + 0.5) / 20000.0)).astype(np.float32)
+    else:
+        raise ValueError(sar_format)
+    data = np.where(valid, data, fill).astype(data.dtype)
+    return data, dtype, (float("nan") if sar_format == "float32_db" else None)
+
+
+def write_rotated_chip(out_dir, optical: np.ndarray, sar_db: np.ndarray, src_res: float, center_px,
+                       opt_size: int, opt_res: float, sar_res: float, sar_rot_deg: float, err_px=(10.0, -5.0),
+                       rot_deg: float = 0.0, scale: float = 1.0, sar_format: str = "float32_db",
+                       sar_size: int = 256, nan_rows: int = 0, seed: int = 0, crs: str = "EPSG:32633",
+                       src_valid: np.ndarray | None = None) -> SyntheticPair:
+    """The rotated-chip case of issue #8 from a co-registered real pair (same grid, src_res m/px).
+
+    Optical: opt_size x opt_size px at opt_res, north up, centred on source pixel center_px.
+    SAR: a sar_size^2 chip at sar_res whose TRUE geotransform is rotated by sar_rot_deg about the
+    same centre (north is not up in the file). Only a north-up square of the chip's own size around
+    the centre holds data (as if a north-up product were cut along the rotated grid), so the file's
+    corners are near-black fill (DN 0-3, no nodata declared) with straight edges. The written
+    georeference is the true one composed with the map-space error (err_px in reference px, rotation,
+    scale about the optical centre), so `truth` is known exactly."""
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    src_t = Affine.translation(400000.0, 5000000.0) * Affine.scale(src_res, -src_res)
+    cx, cy = src_t * center_px
+    half = opt_size * opt_res / 2
+    ref_t = Affine.translation(cx - half, cy + half) * Affine.scale(opt_res, -opt_res)
+    opt = optical if optical.ndim == 3 else optical[None]
+    o = resample(opt, src_t, ref_t, (opt_size, opt_size), border=0.0)
+    info = np.iinfo(opt.dtype) if np.issubdtype(opt.dtype, np.integer) else None
+    o = np.clip(np.round(o), info.min, info.max).astype(opt.dtype) if info else o.astype(opt.dtype)
+    sar_true = (Affine.translation(cx, cy) * Affine.rotation(sar_rot_deg) * Affine.scale(sar_res, -sar_res)
+                * Affine.translation(-sar_size / 2, -sar_size / 2))
+    db = resample(sar_db.astype(np.float32), src_t, sar_true, (sar_size, sar_size))
+    # valid: a north-up square of the chip's size around the centre, inside the source's valid data
+    cc, rr = np.meshgrid(np.arange(sar_size) + 0.5, np.arange(sar_size) + 0.5)
+    mx, my = sar_true * (cc, rr)
+    L = sar_size * sar_res / 2
+    valid = (np.abs(mx - cx) <= L) & (np.abs(my - cy) <= L) & np.isfinite(db)
+    if src_valid is not None:
+        v = resample(src_valid.astype(np.float32), src_t, sar_true, (sar_size, sar_size), border=0.0)
+        valid &= v > 0.99
+    data, dtype, nodata = encode_with_fill(np.nan_to_num(db, nan=-30.0), valid, sar_format, rng)
+    if nan_rows and sar_format == "float32_db":
+        data[:nan_rows] = np.nan
+    center = ref_t * (opt_size / 2, opt_size / 2)
+    ex, ey = ref_t * (err_px[0], err_px[1])
+    ox, oy = ref_t * (0, 0)
+    err = error_affine(ex - ox, ey - oy, rot_deg, scale, center)
+    opt_path = os.path.join(out_dir, "optical.tif")
+    sar_path = os.path.join(out_dir, "sar.tif")
+    with rasterio.open(opt_path, "w", driver="GTiff", width=opt_size, height=opt_size, count=o.shape[0],
+                       dtype=o.dtype, crs=crs, transform=ref_t) as dst:
+        dst.write(o)
+    with rasterio.open(sar_path, "w", driver="GTiff", width=sar_size, height=sar_size, count=1, dtype=dtype,
+                       crs=crs, transform=err * sar_true, nodata=nodata) as dst:
+        dst.write(data[None])
+    return SyntheticPair(opt_path, sar_path, err, ref_t, (opt_size, opt_size), crs)

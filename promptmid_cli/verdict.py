@@ -27,7 +27,8 @@ from .fitting import fit_transform
 
 POINTS_PER_PARAM = 1.5  # tie points per model parameter (each gives 2 equations: 3x redundancy)
 N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8, "poly2": 12, "tps": 12}
-MIN_INLIER_FRACTION = 0.5
+MIN_INLIER_FRACTION = 0.3
+MIN_SPREAD = 0.5
 MIN_TIE_CONFIDENCE = 0.3
 # the coarse peak against the correlation outside its lobe: right answers on 120 px Sentinel-1/2
 # patches gave z 3.8-10.7 and distinct 0.27-0.66; priors off by more than --max-shift z 1.7-4.1 and
@@ -35,6 +36,7 @@ MIN_TIE_CONFIDENCE = 0.3
 MIN_COARSE_Z = 3.5
 MIN_COARSE_DISTINCT = 0.15
 MIN_CONSENSUS_DISTINCT = 0.25
+MIN_SEARCH_DISTINCT = 0.05  # full search: the best hypothesis above the next distinct one (1 - ratio)
 HALVES_LIMIT_PX = 1.5
 MAX_RIVAL_SUPPORT = 0.75  # runner-up hypothesis support / winner's
 
@@ -48,6 +50,13 @@ def _check(name, value, limit, passed, detail, critical=True):
     decide acceptance on their own: on small real patches they miss right answers too often."""
     return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "detail": detail,
             "critical": bool(critical)}
+
+
+def _area(xy: np.ndarray) -> float:
+    """Spread of points as the square root of their covariance determinant (an area)."""
+    if len(xy) < 3:
+        return 0.0
+    return float(np.sqrt(max(np.linalg.det(np.cov((xy - xy.mean(axis=0)).T)), 0.0)))
 
 
 def halves_discrepancy(fit, ties, scale: float, window_xy: np.ndarray) -> float | None:
@@ -70,9 +79,11 @@ def halves_discrepancy(fit, ties, scale: float, window_xy: np.ndarray) -> float 
 
 
 def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray, max_shift: float,
-             correction_px: float | None, n_hypotheses: int = 1, accept_weak: bool = False) -> dict:
+             correction_px: float | None, n_hypotheses: int = 1, accept_weak: bool = False,
+             n_correlated: int | None = None, template_xy=None) -> dict:
     """Verdict over the final fit. `levels` are the pipeline's level records (level 0 first),
-    `window_xy` check points over the valid overlap (reference map coordinates)."""
+    `window_xy` check points over the valid overlap (reference map coordinates), `n_correlated` the
+    final level's templates that had data and structure enough to be correlated."""
     if fit is None:
         return {"accepted": False, "level": "rejected", "score": 0.0, "checks": [],
                 "reasons": ["no model could be fitted"], "hypotheses_tried": n_hypotheses}
@@ -82,9 +93,18 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
     need = min_points(fit.kind)
     checks.append(_check("inliers", n_in, need, n_in >= need,
                          f"{n_in} inliers for a {fit.kind} model ({N_PARAMS[fit.kind]} parameters)"))
-    frac = n_in / max(1, len(ties))
+    n_used = max(len(ties), n_correlated or 0)
+    frac = n_in / max(1, n_used)
     checks.append(_check("inlier_fraction", frac, MIN_INLIER_FRACTION, frac >= MIN_INLIER_FRACTION,
-                         f"{n_in} of {len(ties)} matched templates agree with the model"))
+                         f"{n_in} of the {n_used} correlated templates agree with the model (templates with no "
+                         "peak near it count against it)"))
+    if template_xy is not None and len(template_xy) >= 6 and n_in >= 3:
+        inl = np.array([t.ref_xy for t in ties])[fit.inliers]
+        spread = _area(inl) / max(_area(np.asarray(template_xy, float)), 1e-12)
+        checks.append(_check("spread", spread, MIN_SPREAD, spread >= MIN_SPREAD,
+                             "area spanned by the inliers relative to that of all correlated templates (a model "
+                             "that only fits one part of the overlap, e.g. around the centre of an unmodelled "
+                             "scale or rotation, is not the answer)"))
     conf = np.array([t.confidence for t, i in zip(ties, fit.inliers) if i])
     med_conf = float(np.median(conf)) if conf.size else 0.0
     checks.append(_check("tie_confidence", med_conf, MIN_TIE_CONFIDENCE, med_conf >= MIN_TIE_CONFIDENCE,
@@ -97,13 +117,20 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
                              f"coarse correlation of the whole overlap over +-{g0.get('probe_radius_px')} px: "
                              f"peak z {g0['peak_z']:.1f}, distinct {g0['peak_distinct']:.2f} "
                              f"(limits {zlim:.1f}, {MIN_COARSE_DISTINCT})"))
+    full_search = g0 is not None and "search_distinct" in g0
+    if full_search:
+        checks.append(_check("search_peak", g0["search_distinct"], MIN_SEARCH_DISTINCT,
+                             g0["search_distinct"] >= MIN_SEARCH_DISTINCT,
+                             f"the best of {n_hypotheses} rotation/scale hypotheses above the next distinct one"))
     tile_levels = [lv for lv in levels if lv.get("kind") == "tiles" and "consensus_z" in lv]
     if tile_levels:
         lv = tile_levels[0]  # the widest tile search: where a rival alignment would show
         ok = lv["consensus_distinct"] >= MIN_CONSENSUS_DISTINCT
         checks.append(_check("consensus", lv["consensus_distinct"], MIN_CONSENSUS_DISTINCT, ok,
                              f"templates aligned by the consensus of {lv.get('consensus_surfaces', 0)} at "
-                             f"x{lv['factor']:g}: one distinct peak (z {lv['consensus_z']:.1f})", critical=False))
+                             f"x{lv['factor']:g}: one distinct peak (z {lv['consensus_z']:.1f})",
+                             # after a search over many rotations/scales the tile level must confirm it
+                             critical=full_search))
     hd = halves_discrepancy(fit, ties, scale, window_xy)
     if hd is not None:
         lim = max(HALVES_LIMIT_PX, 2.0 * fit.rmse)

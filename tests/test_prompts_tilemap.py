@@ -35,15 +35,19 @@ def test_geojson_written_and_parseable(tmp_path):
     assert p == tmp_path / "tiles.geojson"
     fc = json.loads(p.read_text())
     assert fc["type"] == "FeatureCollection"
-    assert fc["crs"] == {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}
+    # RFC 7946: WGS84 lon/lat, no legacy crs member; the source CRS kept as a foreign member
+    assert "crs" not in fc and fc["source_crs"] == "EPSG:32633"
     assert len(fc["features"]) == 2
     f0, f1 = fc["features"]
     ring = f0["geometry"]["coordinates"][0]
     assert f0["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
-    assert {tuple(c) for c in ring} == {(404400.0, 5342400.0), (405600.0, 5342400.0),
-                                        (405600.0, 5341200.0), (404400.0, 5341200.0)}
     area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:]))
-    assert area2 > 0 and math.isclose(abs(area2) / 2, 1200.0 ** 2)  # counter-clockwise, right area
+    assert area2 > 0  # counter-clockwise in lon/lat
+    from pyproj import Transformer
+
+    back = Transformer.from_crs(4326, 32633, always_xy=True)
+    utm = {tuple(round(v, 3) for v in back.transform(*c)) for c in ring}
+    assert utm == {(404400.0, 5342400.0), (405600.0, 5342400.0), (405600.0, 5341200.0), (404400.0, 5341200.0)}
     pr = f0["properties"]
     assert pr["class"] == "farmland" and pr["inlier"] is True and pr["dx"] == 1.25
     assert abs(pr["score"] - 0.75) < 1e-6 and pr["skipped_reason"] is None
@@ -59,8 +63,12 @@ def test_geometry_valid_with_shapely(tmp_path):
     p = write_tiles_geojson(tmp_path / "t.json", [{"polygon": poly}], _utm_wkt())
     geom = json.loads(p.read_text())["features"][0]["geometry"]
     shp = shapely_geometry.shape(geom)
-    assert shp.is_valid and math.isclose(shp.area, 125.0)
-    assert geom["coordinates"][0] == [list(c) for c in poly]
+    assert shp.is_valid
+    from pyproj import Transformer
+
+    back = Transformer.from_crs(4326, 32633, always_xy=True)
+    utm = [list(back.transform(*c)) for c in geom["coordinates"][0]]
+    assert np.allclose(utm, [list(c) for c in poly], atol=1e-3)  # same ring, same (counter-clockwise) order
     assert crs_epsg(_utm_wkt()) == 32633 and crs_epsg("") is None and crs_epsg("garbage") is None
 
 
@@ -74,7 +82,7 @@ def test_overwrite_and_no_epsg(tmp_path):
               'UNIT["metre",1]]')
     write_tiles_geojson(p, [_tile(0.0, 10.0, size=10.0, note="x")], custom)
     fc = json.loads(p.read_text())
-    assert "crs" not in fc and fc["crs_wkt"] == custom
+    assert "crs" not in fc and fc["source_crs"] == custom
     write_tiles_geojson(p, [], "")
     fc = json.loads(p.read_text())
     assert fc["features"] == [] and "crs" not in fc

@@ -15,6 +15,7 @@ it work across modalities:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         for i in range(a.shape[0]):
             out[i] = cv2.sepFilter2D(a[i], -1, kn, kn, borderType=cv2.BORDER_REFLECT_101)
         return torch.from_numpy(out).reshape(x.shape)
+    k = k.to(x.dtype)
     c = x.shape[1]
     kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
@@ -89,18 +91,104 @@ class OrientedGradientDescriptor(torch.nn.Module):
         valid = -F.max_pool2d(-F.pad(mask, (1, 1, 1, 1), value=0.0), 3, stride=1)
         gx, gy = gx * valid, gy * valid
         orient = (gx * self.cos + gy * self.sin).abs()  # [B, n, H, W], unsigned orientation
-        outs = []
-        for s in self.scales:
-            o = gaussian_blur(orient, s)
-            # circular [1,2,1] smoothing across orientation bins
-            o = 0.5 * o + 0.25 * (torch.roll(o, 1, dims=1) + torch.roll(o, -1, dims=1))
-            outs.append(o)
+        # circular [1,2,1] smoothing across orientation bins; linear and per pixel, so it commutes
+        # with the spatial blur and is done once for all pooling scales
+        orient = 0.5 * orient + 0.25 * (torch.roll(orient, 1, dims=1) + torch.roll(orient, -1, dims=1))
+        outs = [gaussian_blur(orient, s) for s in self.scales]
         d = torch.cat(outs, dim=1)
         norm = d.pow(2).sum(1, keepdim=True).sqrt()
         vals = norm[valid > 0]
         ref = vals.median() if vals.numel() else norm.new_tensor(0.0)
         d = d / (norm + self.floor * ref + 1e-12)
         return d * valid
+
+
+def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
+    """OrientedGradientDescriptor.forward for one float32 image on the CPU, in OpenCV/NumPy.
+
+    Same computation, fewer passes: torch's elementwise kernels on one or two threads were most of
+    the descriptor's cost (each op a full pass over [n, H, W]); here every step is one OpenCV or
+    in-place NumPy pass, and a fully valid mask skips the normalised convolution's second blur.
+    img [H, W] float32, mask [H, W] bool (NumPy) -> [n * len(scales), H, W] float32."""
+    import cv2
+    import numpy as np
+
+    H, W = img.shape
+    if mask.all():  # the mask's blur is 1 everywhere (reflected borders): no normalisation needed
+        sm = _sep_blur(img, sigma)
+    else:
+        m = mask.astype(np.float32)
+        num = _sep_blur(img * m, sigma)
+        den = _sep_blur(m, sigma)
+        sm = np.where(den > 1e-3, num / np.maximum(den, 1e-3), np.float32(0)).astype(np.float32)
+    # a gradient is valid where its whole 3x3 neighbourhood is (the image's outer ring never is)
+    valid = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0).astype(np.float32)
+    half = 0.5 * valid
+    gx = np.zeros((H, W), np.float32)
+    gy = np.zeros((H, W), np.float32)
+    np.subtract(sm[:, 2:], sm[:, :-2], out=gx[:, 1:-1])
+    np.subtract(sm[2:], sm[:-2], out=gy[1:-1])
+    gx *= half
+    gy *= half
+    n = len(cos)
+    orient = np.empty((n, H, W), np.float32)
+    for k in range(n):
+        cv2.addWeighted(gx, float(cos[k]), gy, float(sin[k]), 0.0, dst=orient[k])
+    np.abs(orient, out=orient)
+    # circular [1,2,1] smoothing across orientation bins (before the blur: the two commute)
+    nb = np.empty_like(orient)  # neighbour bins k-1 + k+1, by slices (fancy indexing is ~10x slower)
+    nb[1:] = orient[:-1]
+    nb[0] = orient[-1]
+    nb[:-1] += orient[1:]
+    nb[-1] += orient[0]
+    nb *= 0.25
+    orient *= 0.5
+    orient += nb
+    d = np.empty((n * len(scales), H, W), np.float32)
+    for i, s in enumerate(scales):
+        for k in range(n):
+            _sep_blur(orient[k], s, out=d[i * n + k])
+    norm = np.sqrt(np.einsum("chw,chw->hw", d, d))
+    vals = norm[valid > 0]
+    # lower median, as torch.median
+    ref = float(np.partition(vals, (vals.size - 1) // 2)[(vals.size - 1) // 2]) if vals.size else 0.0
+    scale = valid / (norm + np.float32(floor * ref + 1e-12))
+    d *= scale[None]
+    return d
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_np(sigma: float):
+    return _gauss_kernel1d(sigma, "cpu").numpy()
+
+
+def _sep_blur(a, sigma: float, out=None):
+    import cv2
+
+    k = _kernel_np(float(sigma))
+    if out is None:
+        return cv2.sepFilter2D(a, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
+    return cv2.sepFilter2D(a, -1, k, k, dst=out, borderType=cv2.BORDER_REFLECT_101)
+
+
+_POOL = None
+
+
+def _pool():
+    """A thread pool of torch.get_num_threads() workers (None for one thread), resized on change
+    (batch workers lower torch's thread count to share the cores)."""
+    global _POOL
+    n = torch.get_num_threads()
+    if n <= 1:
+        return None
+    if _POOL is None or _POOL._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="promptmid-describe")
+    return _POOL
 
 
 class BuiltinDescriptor(DescriptorBackend):
@@ -117,13 +205,26 @@ class BuiltinDescriptor(DescriptorBackend):
     @torch.no_grad()
     def describe_image(self, img: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
         """Single image [H, W] -> [D, H, W]."""
+        mod = self.module
+        smallest = max(1, int(math.ceil(3 * max((*mod.scales, *mod.presmooth.values())))))
+        if self.device.type == "cpu" and min(img.shape[-2:]) > smallest:
+            sigma = mod.presmooth.get(modality, mod.presmooth["optical"])
+            d = _describe_cpu(img.detach().cpu().float().contiguous().numpy(), mask.cpu().bool().numpy(), sigma,
+                              mod.cos.flatten().tolist(), mod.sin.flatten().tolist(), mod.scales, mod.floor)
+            return torch.from_numpy(d)
         x = img.to(self.device, torch.float32)[None, None]
         m = mask.to(self.device, torch.float32)[None, None]
-        return self.module(x, m, modality)[0]
+        return mod(x, m, modality)[0]
 
     def describe_pairs(self, pairs: list[PatchPair]):
-        return [(self.describe_image(p.ref, p.ref_mask, p.ref_modality),
-                 self.describe_image(p.mov, p.mov_mask, p.mov_modality)) for p in pairs]
+        jobs = [(im, m, mod) for p in pairs
+                for im, m, mod in ((p.ref, p.ref_mask, p.ref_modality), (p.mov, p.mov_mask, p.mov_modality))]
+        pool = _pool() if self.device.type == "cpu" and len(jobs) > 1 else None
+        # OpenCV and NumPy release the GIL: the images of a batch are described on torch's intra-op
+        # thread count (the matcher's own main thread would otherwise leave a core idle)
+        out = list(pool.map(lambda j: self.describe_image(*j), jobs)) if pool else \
+            [self.describe_image(*j) for j in jobs]
+        return [(out[2 * i], out[2 * i + 1]) for i in range(len(pairs))]
 
     def settings(self) -> dict:
         extra = {"note": self.auto_note} if getattr(self, "auto_note", None) else {}

@@ -60,6 +60,9 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train the PromptMID feature aggregation module or the UNet LoRA from co-registered pairs."""
+    from ..extras import require
+
+    require("learned", "promptmid train")
     from .train import train
 
     res = train(pairs, stage.value, out, steps=steps, lr=lr, batch_size=batch_size, crop=crop, sd_model=sd_model,
@@ -130,6 +133,9 @@ def models_download(
 ):
     """Download the configured models into the Hugging Face cache (needs network)."""
     from ..errors import BadInput
+    from ..extras import require
+
+    require("learned", "promptmid models download")
     from .loading import SD_ALLOW_PATTERNS, VFM_ALLOW_PATTERNS, _looks_like_path, folder_size
 
     from huggingface_hub import snapshot_download

@@ -269,7 +269,7 @@ def load_sd(name: str, revision: str | None = None, *, device: torch.device, dty
         raise BadInput(f"cannot load diffusion model {name!r}: {msg}") from None
     check_tokenizer(tokenizer, text_encoder, name)
     if lora_weights:
-        from .train import load_lora_into_unet
+        from .lora import load_lora_into_unet
 
         load_lora_into_unet(unet, lora_weights)
     for m in (unet, vae, text_encoder):

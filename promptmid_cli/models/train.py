@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadInput
+from .lora import LORA_FILE, LORA_TARGETS, save_lora
 
 IMAGE_EXTS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 _OPT = re.compile(r"(?i)(?:(?<=^)|(?<=[_\-. ]))(optical|opt|s2)(?=$|[_\-. 0-9])")
@@ -465,39 +466,6 @@ def train_fam(pairs, out_dir: Path, *, steps, lr, batch_size, crop, sd_model, vf
 
 # ------------------------------------------------------------------------------------------------
 # DM stage (LoRA)
-
-LORA_FILE = "lora.safetensors"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def save_lora(unet, path: Path, config: dict) -> Path:
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    save_file(state, str(path), metadata={"format": "pt", "promptmid_lora": json.dumps(config)})
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2))
-    return path
-
-
-def load_lora_into_unet(unet, path: str | Path) -> None:
-    """Add the LoRA adapter saved by ``train --stage dm`` to a UNet2DConditionModel."""
-    from peft import LoraConfig
-    from peft.utils import set_peft_model_state_dict
-
-    from .fam import _first_line, read_weights
-
-    cfg, state = read_weights(path, LORA_FILE, "promptmid_lora", "LoRA")
-    try:
-        unet.add_adapter(LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"],
-                                    target_modules=cfg["target_modules"], init_lora_weights="gaussian"))
-        res = set_peft_model_state_dict(unet, state)
-    except Exception as e:
-        raise BadInput(f"cannot load LoRA weights {path}: {_first_line(e)}") from None
-    unexpected = getattr(res, "unexpected_keys", None) or []
-    if unexpected:
-        raise BadInput(f"LoRA weights {path} do not fit this UNet ({len(unexpected)} unexpected tensors)")
-
 
 def train_dm(pairs, out_dir: Path, *, steps, lr, batch_size, crop, sd_model, sd_timestep, device, dtype, resume,
              seed, quiet, rank=4, sd_revision=None, local_files_only=True, ckpt_every=None, **_) -> dict:

@@ -1,25 +1,28 @@
-"""Land-use prompts per tile: the class list, the selectors (auto | clip | stats | fixed)."""
+"""Land-use prompts per tile: the class list, the selectors (auto | clip | stats | fixed).
 
-from .classes import LandUseClass, default_classes, load_prompt_file
-from .selectors import (
-    DEFAULT_CLIP_MODEL,
-    MODES,
-    Selector,
-    TileImages,
-    TilePrompt,
-    clip_available,
-    make_selector,
-)
+The names are loaded on first use (PEP 562): the command line imports `prompts.cli` to register
+its command, and `--help` must not pay for numpy and the selectors.
+"""
 
-__all__ = [
-    "DEFAULT_CLIP_MODEL",
-    "MODES",
-    "LandUseClass",
-    "Selector",
-    "TileImages",
-    "TilePrompt",
-    "clip_available",
-    "default_classes",
-    "load_prompt_file",
-    "make_selector",
-]
+import importlib
+
+_WHERE = {
+    "LandUseClass": "classes",
+    "default_classes": "classes",
+    "load_prompt_file": "classes",
+    "DEFAULT_CLIP_MODEL": "selectors",
+    "MODES": "selectors",
+    "Selector": "selectors",
+    "TileImages": "selectors",
+    "TilePrompt": "selectors",
+    "clip_available": "selectors",
+    "make_selector": "selectors",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

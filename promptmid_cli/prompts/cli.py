@@ -15,12 +15,13 @@ from typing import Optional
 import typer
 
 from ..errors import PromptmidError
-from .classes import default_classes, load_prompt_file
-from .selectors import DEFAULT_CLIP_MODEL, MODES
 
 
 def prompts_listing(prompts_file: Path | None = None) -> dict:
     """The data ``promptmid prompts --json`` prints."""
+    from .classes import default_classes, load_prompt_file
+    from .selectors import DEFAULT_CLIP_MODEL, MODES
+
     classes = load_prompt_file(prompts_file) if prompts_file else default_classes()
     return {
         "source": str(prompts_file) if prompts_file else "builtin",

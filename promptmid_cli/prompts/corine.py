@@ -4,6 +4,10 @@ Used to check the prompt selectors against labelled patches (``examples/prompt_c
 tests). A CORINE class maps to one or more of our classes where the correspondence is genuinely
 ambiguous (e.g. transitional woodland/shrub is forest or grassland depending on cover); a
 prediction *agrees* with a multi-label patch when it is one of the classes its labels map to.
+
+BigEarthNet-v2 (and the BigEarthNet-19 nomenclature of Sumbul et al. 2021) merges some level-3
+classes ("Urban fabric", "Inland waters", ...); :data:`BEN19_TO_CLASSES` maps those names, and
+:func:`classes_for_labels` accepts either nomenclature.
 """
 
 from __future__ import annotations
@@ -57,10 +61,24 @@ CORINE_TO_CLASSES: dict[str, tuple[str, ...]] = {
     "Sea and ocean": ("water",),
 }
 
+# BigEarthNet-19 names that are not level-3 names (the shared ones, e.g. "Pastures", map as above).
+BEN19_TO_CLASSES: dict[str, tuple[str, ...]] = {
+    "Urban fabric": ("dense_urban", "residential"),
+    "Arable land": ("farmland",),
+    "Permanent crops": ("farmland",),
+    "Natural grassland and sparsely vegetated areas": ("grassland", "bare_soil"),
+    "Moors, heathland and sclerophyllous vegetation": ("grassland",),
+    "Transitional woodland, shrub": ("forest", "grassland"),
+    "Inland wetlands": ("wetland",),
+    "Coastal wetlands": ("wetland",),
+    "Inland waters": ("water",),
+    "Marine waters": ("water",),
+}
+
 
 def classes_for_labels(labels: list[str]) -> set[str]:
-    """The union of class ids a patch's CORINE labels map to (unknown labels are ignored)."""
+    """The union of class ids a patch's labels (level 3 or BigEarthNet-19) map to; unknown ones are ignored."""
     out: set[str] = set()
     for lab in labels:
-        out.update(CORINE_TO_CLASSES.get(lab, ()))
+        out.update(CORINE_TO_CLASSES.get(lab, BEN19_TO_CLASSES.get(lab, ())))
     return out

@@ -22,7 +22,7 @@ One interface, four modes (``make_selector(mode, classes, ...)``):
 
 Featureless tiles. Every selector also reports whether a tile has too little structure to match
 on (:func:`featureless_reason`): open water in SAR (most of the smoothed backscatter below
--18 dB with little texture), a flat SAR window (smoothed texture below speckle level), a flat
+-18 dB with little texture; calibrated SAR only), a flat SAR window (smoothed texture below speckle level), a flat
 optical window (almost no edges and tiny contrast), or a class flagged ``featureless`` (water,
 bare soil / desert) whose tile also has weak structure. The pipeline may skip such tiles.
 """
@@ -56,11 +56,22 @@ class TileImages:
     optical: float32 [bands, H, W] raw values (any scale), NaN for nodata.
     sar_db: float32 [H, W] backscatter in dB, NaN for nodata.
     nir_band: 0-based index of the near-infrared band in ``optical`` (None: unknown / absent).
+    optical_scale: the divisor that turns ``optical`` into reflectance (10000 for Sentinel-2 L2A),
+        when the caller knows it; None: inferred (:func:`reflectance_scale`), possibly "unknown".
+    sar_calibrated: whether ``sar_db`` is calibrated backscatter (sigma0/gamma0 in dB); None:
+        inferred from its level (:func:`sar_is_calibrated`). Uncalibrated products (DN of
+        integer rasters, 8-bit display products) only give relative SAR features.
+    res_m: ground pixel size in metres, when known. The prototypes describe 10-20 m imagery
+        (edge density, speckle-filtered texture are per-pixel measures); finer tiles are
+        averaged to about :data:`FEATURE_RES_M` before measuring (:func:`to_feature_resolution`).
     """
 
     optical: np.ndarray
     sar_db: np.ndarray
     nir_band: int | None = None
+    optical_scale: float | None = None
+    sar_calibrated: bool | None = None
+    res_m: float | None = None
 
 
 @dataclass
@@ -101,40 +112,96 @@ def _box(a: np.ndarray, k: int) -> np.ndarray:
     return uniform_filter(a, size=k, mode="nearest")
 
 
-def _reflectance_scale(values: np.ndarray) -> float:
-    """Guess the divisor that turns raw optical values into reflectance-like [0, 1] numbers.
+def reflectance_scale(values: np.ndarray, has_nir: bool) -> float | None:
+    """The divisor that turns raw optical values into reflectance, or None when it is unknown.
 
-    Heuristic on the 99th percentile: <= 1.5 already reflectance; <= 255 8-bit; otherwise
-    16-bit products such as Sentinel-2 / Landsat surface reflectance scaled by 10000.
+    Absolute brightness is only meaningful on a reflectance scale. Values whose 99th percentile
+    is <= 1.5 are reflectance already. A multispectral image with a declared NIR band and 16-bit
+    values is taken as a surface-reflectance product scaled by 10000 (Sentinel-2 L2A, HLS, the
+    usual convention). Anything else -- 8-bit display products, single-band or RGB 16-bit digital
+    numbers such as a GaoFen-2 panchromatic band -- has an arbitrary scale: the selector then
+    uses only scale-free optical statistics (contrast, edge density, band ratios).
     """
     p99 = float(np.percentile(values, 99)) if values.size else 1.0
     if p99 <= 1.5:
         return 1.0
-    if p99 <= 255.0:
-        return 255.0
-    return 10000.0
+    if has_nir and 255.0 < p99 <= 20000.0:
+        return 10000.0
+    return None
+
+
+# Calibrated sigma0 / gamma0 of land and water lies in about [-35, +5] dB as a tile median
+# (Ulaby & Long 2014; C/X/L band): a median outside it means the dB values are of digital
+# numbers (a GaoFen-3 uint16 product gives medians of +10..+15 dB), so absolute levels are void.
+SIGMA0_MEDIAN_RANGE_DB = (-35.0, 5.0)
+
+
+def sar_is_calibrated(median_db: float) -> bool:
+    lo, hi = SIGMA0_MEDIAN_RANGE_DB
+    return lo <= median_db <= hi
+
+
+FEATURE_RES_M = 10.0
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """[..., H, W] -> [..., H//k, W//k] NaN-aware block means (a block with no valid pixel: NaN)."""
+    h, w = (a.shape[-2] // k) * k, (a.shape[-1] // k) * k
+    b = a[..., :h, :w].reshape(*a.shape[:-2], h // k, k, w // k, k)
+    ok = np.isfinite(b)
+    n = ok.sum(axis=(-3, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(ok, b, 0).sum(axis=(-3, -1)) / n, np.nan).astype(np.float32)
+
+
+def to_feature_resolution(tile: TileImages) -> TileImages:
+    """The tile averaged to about FEATURE_RES_M when it is known to be finer (SAR in linear power).
+
+    A 1 m tile seen at 10 m: roofs, roads and runways become the mixed pixels the prototypes were
+    written for, and SAR speckle is multi-looked as in 10 m GRD products, so the same land use
+    gives the same statistics at 1 m and at 10 m. Tiles too small to shrink are kept as they are.
+    """
+    if not tile.res_m or tile.res_m <= 0:
+        return tile
+    k = int(round(FEATURE_RES_M / tile.res_m))
+    opt = np.asarray(tile.optical, dtype=np.float32)
+    if k < 2 or min(opt.shape[-2:]) // k < 16:
+        return tile
+    sar = np.asarray(tile.sar_db, dtype=np.float32)
+    ref = float(np.nanmedian(sar)) if np.isfinite(sar).any() else 0.0
+    lin = np.power(10.0, np.clip(sar - ref, -60, 60) / 10.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sar_k = (10.0 * np.log10(_block_mean(lin, k)) + ref).astype(np.float32)
+    return TileImages(_block_mean(opt, k), sar_k, tile.nir_band, tile.optical_scale, tile.sar_calibrated,
+                      tile.res_m * k)
 
 
 def tile_features(tile: TileImages, nir_band: int | None = None) -> dict[str, float]:
     """Scale-robust statistics of one tile; absent keys mean "not measurable here".
 
     Optical (intensity = mean of the non-NIR bands):
-      ``brightness``  log10 of the median reflectance-like intensity (scale by
-                      :func:`_reflectance_scale`); dark water/forest ~ -1.5, soil/urban ~ -0.9.
+      ``brightness``  log10 of the median reflectance (only when the reflectance scale is known,
+                      :func:`reflectance_scale`); dark water/forest ~ -1.5, soil/urban ~ -0.9.
       ``opt_cv``      std / mean of the intensity (contrast within the tile).
       ``edges``       fraction of pixels whose gradient exceeds 10 % of the median intensity per
                       pixel step (edge density: fields, buildings, roads).
       ``ndvi``        median (NIR - R) / (NIR + R), R = per-pixel minimum of the bands before the
                       NIR band (the red or blue band in B,G,R,NIR or Sentinel-2 orders).
       ``ndwi``        median (G - NIR) / (G + NIR), G = per-pixel mean of the bands before NIR.
-    SAR (dB):
+    SAR (dB); ``sar_db`` and ``sar_dark`` only when the SAR is calibrated (see
+    :class:`TileImages`), the others are invariant to a dB offset:
       ``sar_db``      median backscatter (water ~ -20, fields/grass ~ -12, forest ~ -8, urban ~ -3).
       ``sar_tex``     std of the 5x5 box-averaged backscatter in dB: texture beyond speckle
                       (uniform fields ~ 0.5-1, heterogeneous land 2-3, urban/relief > 4).
-      ``sar_cv``      coefficient of variation of linear intensity.
+      ``sar_cv``      coefficient of variation of linear intensity; ``sar_lcv`` its log10. Speckle
+                      alone gives 1/sqrt(looks) (~0.5 for 10 m GRD); natural surfaces stay near
+                      1; the point-like double-bounce returns of buildings make the distribution
+                      heavy-tailed (CV 2-10): the SAR cue that tells urban from rough relief.
       ``sar_dark``    fraction of pixels whose 5x5-smoothed backscatter is below -18 dB.
-    Also ``valid``: fraction of pixels valid in both images.
+    Also ``valid``: fraction of pixels valid in both images. Tiles finer than 10 m with a known
+    ``res_m`` are measured at 10 m (:func:`to_feature_resolution`).
     """
+    tile = to_feature_resolution(tile)
     opt = np.asarray(tile.optical, dtype=np.float32)
     if opt.ndim == 2:
         opt = opt[None]
@@ -152,11 +219,13 @@ def tile_features(tile: TileImages, nir_band: int | None = None) -> dict[str, fl
         vis_idx = [b for b in range(nb) if b != nir] or list(range(nb))
         inten = opt[vis_idx].mean(axis=0)
         vals = inten[opt_ok]
-        scale = _reflectance_scale(vals)
+        scale = tile.optical_scale or reflectance_scale(vals, nir is not None and nir > 0)
         med = float(np.median(vals))
-        f["brightness"] = math.log10(max(med / scale, 1e-4))
+        if scale:
+            f["brightness"] = math.log10(max(med / scale, 1e-4))
+        unit = float(np.percentile(np.abs(vals), 99)) or 1.0  # guards divisions, any scale
         mean = float(vals.mean())
-        f["opt_cv"] = float(vals.std() / max(abs(mean), 1e-6 * scale))
+        f["opt_cv"] = float(vals.std() / max(abs(mean), 1e-6 * unit))
         filled = np.where(opt_ok, inten, med)
         gy, gx = np.gradient(filled)
         grad = np.hypot(gx, gy)
@@ -166,7 +235,7 @@ def tile_features(tile: TileImages, nir_band: int | None = None) -> dict[str, fl
         ok_in[:, 1:] &= opt_ok[:, :-1]
         ok_in[:, :-1] &= opt_ok[:, 1:]
         if ok_in.any():
-            f["edges"] = float((grad[ok_in] > 0.1 * max(med, 1e-6 * scale)).mean())
+            f["edges"] = float((grad[ok_in] > 0.1 * max(med, 1e-6 * unit)).mean())
         if nir is not None and nir > 0:
             n = opt[nir]
             before = opt[:nir]
@@ -183,23 +252,31 @@ def tile_features(tile: TileImages, nir_band: int | None = None) -> dict[str, fl
     # SAR
     if sar_ok.sum() >= 16:
         db = sar[sar_ok]
-        f["sar_db"] = float(np.median(db))
-        lin = np.where(sar_ok, np.power(10.0, np.clip(sar, -60, 60) / 10.0), 0.0)
+        med_db = float(np.median(db))
+        calibrated = tile.sar_calibrated if tile.sar_calibrated is not None else sar_is_calibrated(med_db)
+        if calibrated:
+            f["sar_db"] = med_db
+        # texture and CV are offset-free: work relative to the median (also keeps 10**x finite)
+        lin = np.where(sar_ok, np.power(10.0, np.clip(sar - med_db, -60, 60) / 10.0), 0.0)
         w = _box(sar_ok.astype(np.float32), 5)
         with np.errstate(divide="ignore", invalid="ignore"):
             smooth_db = 10.0 * np.log10(_box(lin.astype(np.float32), 5) / w)
         m = sar_ok & (w > 0.5) & np.isfinite(smooth_db)
         if m.sum() >= 4:
             f["sar_tex"] = float(smooth_db[m].std())
-            f["sar_dark"] = float((smooth_db[m] < -18.0).mean())
+            if calibrated:
+                f["sar_dark"] = float((smooth_db[m] + med_db < -18.0).mean())
         lv = lin[sar_ok]
         f["sar_cv"] = float(lv.std() / max(float(lv.mean()), 1e-12))
+        f["sar_lcv"] = math.log10(max(f["sar_cv"], 1e-3))
     return f
 
 
 def featureless_reason(f: dict[str, float], cls: LandUseClass | None = None) -> str:
     """Why a tile with features ``f`` has too little structure to match on ('' if it has some)."""
-    if f.get("valid", 0.0) <= 0.0 or ("sar_db" not in f and "brightness" not in f):
+    # opt_cv / sar_cv exist whenever the optical / SAR window has pixels (brightness and sar_db
+    # do not: they need a known scale / calibration)
+    if f.get("valid", 0.0) <= 0.0 or ("sar_cv" not in f and "opt_cv" not in f):
         return "no valid pixels"
     if f.get("sar_dark", 0.0) >= 0.8 and f.get("sar_tex", 99.0) < 2.0:
         return "open water or smooth surface in SAR (dark, low texture)"
@@ -280,48 +357,58 @@ class FixedSelector(Selector):
 #   - bare soil / desert: bright optical, low NDVI, smooth surface -> dark SAR, little texture.
 #   - mountain / rock: relief gives strong SAR texture (layover/shadow) and optical contrast.
 #   - road / rail: rarely fills a tile; low prior so it only wins on a strong match.
+#   - sar_lcv (log10 CV of linear intensity): ~-0.2 for speckle over natural cover; urban point
+#     targets give a heavy tail (CV 2-3+), relief only a moderate one (layover, CV ~1.1).
 PROTOTYPES: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {
     "dense_urban": (0.6, {"brightness": (-0.9, 0.25), "edges": (0.75, 0.2), "opt_cv": (0.5, 0.25),
                           "ndvi": (0.1, 0.15), "ndwi": (-0.05, 0.15),
-                          "sar_db": (-2.0, 3.5), "sar_tex": (4.5, 1.5)}),
+                          "sar_db": (-2.0, 3.5), "sar_tex": (4.5, 1.5), "sar_lcv": (0.45, 0.25)}),
     "residential": (0.8, {"brightness": (-1.05, 0.25), "edges": (0.6, 0.2), "opt_cv": (0.45, 0.25),
                           "ndvi": (0.35, 0.15), "ndwi": (-0.3, 0.15),
-                          "sar_db": (-6.0, 3.0), "sar_tex": (3.5, 1.2)}),
+                          "sar_db": (-6.0, 3.0), "sar_tex": (3.5, 1.2), "sar_lcv": (0.25, 0.25)}),
     "industrial": (0.6, {"brightness": (-0.85, 0.25), "edges": (0.5, 0.2), "opt_cv": (0.5, 0.25),
                          "ndvi": (0.1, 0.15), "ndwi": (-0.05, 0.2),
-                         "sar_db": (-6.0, 4.0), "sar_tex": (5.0, 2.0)}),
+                         "sar_db": (-6.0, 4.0), "sar_tex": (5.0, 2.0), "sar_lcv": (0.4, 0.25)}),
     "farmland": (1.0, {"brightness": (-1.2, 0.3), "edges": (0.5, 0.2), "opt_cv": (0.5, 0.2),
                        "ndvi": (0.6, 0.25), "ndwi": (-0.55, 0.25),
-                       "sar_db": (-12.0, 3.0), "sar_tex": (2.3, 1.0)}),
+                       "sar_db": (-12.0, 3.0), "sar_tex": (2.3, 1.0), "sar_lcv": (-0.1, 0.2)}),
     "forest": (1.0, {"brightness": (-1.5, 0.2), "edges": (0.35, 0.25), "opt_cv": (0.3, 0.2),
                      "ndvi": (0.8, 0.1), "ndwi": (-0.7, 0.12),
-                     "sar_db": (-8.5, 2.0), "sar_tex": (1.5, 1.2)}),
+                     "sar_db": (-8.5, 2.0), "sar_tex": (1.5, 1.2), "sar_lcv": (-0.15, 0.15)}),
     "grassland": (1.0, {"brightness": (-1.3, 0.2), "edges": (0.25, 0.15), "opt_cv": (0.25, 0.15),
                         "ndvi": (0.75, 0.15), "ndwi": (-0.65, 0.15),
-                        "sar_db": (-12.0, 2.5), "sar_tex": (1.5, 0.8)}),
+                        "sar_db": (-12.0, 2.5), "sar_tex": (1.5, 0.8), "sar_lcv": (-0.15, 0.15)}),
     "bare_soil": (0.8, {"brightness": (-0.7, 0.2), "edges": (0.1, 0.1), "opt_cv": (0.15, 0.15),
                         "ndvi": (0.1, 0.1), "ndwi": (-0.15, 0.15),
-                        "sar_db": (-17.0, 4.0), "sar_tex": (1.2, 0.8)}),
+                        "sar_db": (-17.0, 4.0), "sar_tex": (1.2, 0.8), "sar_lcv": (-0.2, 0.2)}),
     "water": (1.0, {"brightness": (-1.5, 0.3), "edges": (0.05, 0.1), "opt_cv": (0.15, 0.2),
                     "ndvi": (-0.2, 0.2), "ndwi": (0.3, 0.25),
-                    "sar_db": (-21.0, 3.0), "sar_tex": (1.0, 0.8), "sar_dark": (0.95, 0.3)}),
+                    "sar_db": (-21.0, 3.0), "sar_tex": (1.0, 0.8), "sar_dark": (0.95, 0.3),
+                    "sar_lcv": (-0.15, 0.2)}),
     "wetland": (0.7, {"brightness": (-1.4, 0.25), "edges": (0.3, 0.2), "opt_cv": (0.35, 0.2),
                       "ndvi": (0.4, 0.25), "ndwi": (-0.2, 0.3),
-                      "sar_db": (-13.0, 4.0), "sar_tex": (3.0, 1.5), "sar_dark": (0.3, 0.3)}),
+                      "sar_db": (-13.0, 4.0), "sar_tex": (3.0, 1.5), "sar_dark": (0.3, 0.3),
+                      "sar_lcv": (0.0, 0.25)}),
     "mountain": (0.6, {"brightness": (-0.95, 0.3), "edges": (0.5, 0.2), "opt_cv": (0.55, 0.25),
                        "ndvi": (0.2, 0.2), "ndwi": (-0.2, 0.2),
-                       "sar_db": (-8.0, 5.0), "sar_tex": (5.0, 1.5)}),
+                       "sar_db": (-8.0, 5.0), "sar_tex": (5.0, 1.5), "sar_lcv": (0.05, 0.15)}),
     "road_rail": (0.3, {"brightness": (-1.1, 0.3), "edges": (0.5, 0.2), "opt_cv": (0.45, 0.25),
                         "ndvi": (0.4, 0.2), "ndwi": (-0.4, 0.2),
-                        "sar_db": (-10.0, 3.0), "sar_tex": (3.0, 1.2)}),
+                        "sar_db": (-10.0, 3.0), "sar_tex": (3.0, 1.2), "sar_lcv": (0.2, 0.25)}),
 }
 
 
 class StatsSelector(Selector):
     """Prototype classifier on :func:`tile_features` (no weights; parameters in :data:`PROTOTYPES`).
 
-    log score(c) = log prior(c) - 1/2 sum_f ((x_f - mean_cf) / sigma_cf)^2 over the features the
-    tile has (no NIR band: no NDVI/NDWI); scores are the softmax of these. Only classes whose id
+    log score(c) = log prior(c) + sum_f [-log sigma_cf - 1/2 min(z_cf^2, Z2_MAX)],
+    z_cf = (x_f - mean_cf) / sigma_cf, over the features the tile has (no NIR band: no NDVI/NDWI;
+    unknown reflectance scale: no brightness; uncalibrated SAR: no absolute level); scores are the
+    softmax of these. The -log sigma term is the Gaussian's normalisation: without it the class
+    with the widest sigma wins every value far from all prototypes (how uncalibrated +14 dB
+    GaoFen-3 tiles all became "mountain"). The cap makes a feature more than 3 sigma from every
+    prototype an outlier that votes for none of them rather than for the least narrow one. Only
+    classes whose id
     is a built-in id can be scored; other ids in a user's list are never chosen (a warning says
     so), and a list with no built-in id is an error.
     """
@@ -342,6 +429,8 @@ class StatsSelector(Selector):
                 f"stats selector cannot score class(es) {', '.join(unknown)}; they are never chosen"
             )
 
+    Z2_MAX = 9.0
+
     def score(self, f: dict[str, float]) -> dict[str, float]:
         logs = {}
         for c in self.known:
@@ -349,7 +438,7 @@ class StatsSelector(Selector):
             s = math.log(prior)
             for k, (mu, sd) in proto.items():
                 if k in f:
-                    s -= 0.5 * ((f[k] - mu) / sd) ** 2
+                    s -= math.log(sd) + 0.5 * min(((f[k] - mu) / sd) ** 2, self.Z2_MAX)
             logs[c.id] = s
         mx = max(logs.values())
         ex = {k: math.exp(v - mx) for k, v in logs.items()}
@@ -677,7 +766,7 @@ def make_selector(mode: str, classes: list[LandUseClass], *, prompt: str | None 
     sel = StatsSelector(classes, nir_band)
     sel.requested = "auto"
     sel.fallback_reason = why
-    msg = f"CLIP prompt selector unavailable, using the built-in stats selector: {why}"
-    sel.warnings.insert(0, msg)
-    log.info(msg)  # auto mode falling back is expected; the report records it
+    # auto mode falling back is expected: the report's prompt_selector records it (fallback_reason),
+    # it is no warning on every default run
+    log.info(f"CLIP prompt selector unavailable, using the built-in stats selector: {why}")
     return sel

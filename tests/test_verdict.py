@@ -1,0 +1,129 @@
+"""The verdict: exit 0 only when the evidence supports the answer (issue #8).
+
+A bad prior (the true error beyond --max-shift), a periodic scene (every period is an equally good
+answer) and a featureless pair must exit 1 with only the report written; a good pair exits 0 with
+a strong verdict whose checks are all in the report; --accept-weak takes a weak result."""
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from conftest import build_ben_pair, register
+from promptmid_cli.synthetic import make_pair
+from promptmid_cli.verdict import evaluate, halves_discrepancy, min_points
+
+
+def _only_report(out):
+    d = out.parent
+    assert out.with_suffix(".json").is_file()
+    assert not out.exists() and not out.with_suffix(".points").exists()
+    assert not (d / (out.stem + ".gcps.vrt")).exists()
+
+
+def test_good_pair_gets_a_strong_verdict(tmp_path):
+    pair = make_pair(tmp_path, size=256, shift_px=(9.4, -6.2), seed=3)
+    _, rep = register(pair.optical, pair.sar, tmp_path / "out.tif")
+    v = rep["verdict"]
+    assert v["accepted"] and v["level"] == "strong" and v["score"] >= 0.7
+    names = {c["name"] for c in v["checks"]}
+    assert {"inliers", "inlier_fraction", "coarse_peak", "halves", "search_edge"} <= names
+    assert all(c["passed"] for c in v["checks"] if c["critical"])
+    assert all(0.0 <= t["confidence"] <= 1.0 for t in rep["tie_points"])
+
+
+def test_bad_prior_beyond_max_shift_exits_1(ben_folders, tmp_path):
+    """A real Sentinel-1/2 pair whose georeference is off by (25, -18) px, searched with
+    --max-shift 6: the tool must not claim an answer inside the range."""
+    names = sorted(p.name for p in ben_folders[0].iterdir() if p.is_dir())
+    opt, sar, _, _ = build_ben_pair(ben_folders, names[0], tmp_path / "in", shift_px=(25.0, -18.0))
+    out = tmp_path / "out.tif"
+    res, rep = register(opt, sar, out, "--max-shift", "6", expect=1)
+    assert rep["status"] == "failed" and rep["verdict"]["level"] != "strong"
+    assert any(not c["passed"] for c in rep["verdict"]["checks"] if c["name"] in ("search_edge", "coarse_peak"))
+    assert "max-shift" in rep["failure"] or "coarse" in rep["failure"]
+    _only_report(out)
+
+
+def _write(path, arr, transform, dtype="float32"):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
+                       dtype=dtype, crs="EPSG:32633", transform=transform) as ds:
+        ds.write(arr.astype(dtype)[None])
+
+
+def test_periodic_scene_exits_1(tmp_path):
+    """Parallel rails every 14 px (optical bright, SAR dark with speckle): shifts by one period
+    are as good as the truth, so no answer can be trusted."""
+    rng = np.random.default_rng(0)
+    n = 300
+    yy, xx = np.mgrid[0:n, 0:n]
+    rails = ((xx + 0.3 * yy) % 14 < 3).astype(np.float32)
+    opt = 0.3 + 0.5 * rails + 0.02 * rng.standard_normal((n, n))
+    sar = (0.6 - 0.5 * rails) * rng.gamma(4.0, 0.25, (n, n))
+    t = Affine.translation(500000, 5000000) * Affine.scale(2.0, -2.0)
+    _write(tmp_path / "opt.tif", opt * 1000, t, "uint16")
+    _write(tmp_path / "sar.tif", 10 * np.log10(np.maximum(sar, 1e-3)), t * Affine.translation(9.0, 5.0))
+    out = tmp_path / "out.tif"
+    _, rep = register(tmp_path / "opt.tif", tmp_path / "sar.tif", out, expect=1)
+    assert rep["verdict"]["level"] != "strong"
+    _only_report(out)
+
+
+def test_featureless_pair_exits_1(tmp_path):
+    rng = np.random.default_rng(1)
+    t = Affine.translation(500000, 5000000) * Affine.scale(10.0, -10.0)
+    _write(tmp_path / "opt.tif", 800 + rng.normal(0, 0.5, (200, 200)), t, "uint16")
+    _write(tmp_path / "sar.tif", -12 + rng.normal(0, 0.05, (200, 200)), t * Affine.translation(4.0, 3.0))
+    out = tmp_path / "out.tif"
+    register(tmp_path / "opt.tif", tmp_path / "sar.tif", out, expect=1)
+    _only_report(out)
+
+
+def test_accept_weak_takes_a_weak_result_with_a_warning(ben_folders, tmp_path):
+    names = sorted(p.name for p in ben_folders[0].iterdir() if p.is_dir())
+    opt, sar, _, _ = build_ben_pair(ben_folders, names[0], tmp_path / "in", shift_px=(25.0, -18.0))
+    out = tmp_path / "out.tif"
+    _, rep = register(opt, sar, out, "--max-shift", "6", "--accept-weak", expect=0)
+    assert rep["verdict"]["level"] == "weak" and rep["verdict"]["accepted_weak"]
+    assert any("accept-weak" in w for w in rep["warnings"])
+    assert out.exists()
+
+
+class _Fit:
+    def __init__(self, kind, inliers, rmse=0.3):
+        self.kind, self.inliers, self.rmse = kind, np.asarray(inliers, bool), rmse
+
+
+class _Tie:
+    def __init__(self, xy, d, conf=0.8):
+        self.ref_xy, self.mov_xy, self.confidence = tuple(xy), (xy[0] + d[0], xy[1] + d[1]), conf
+
+
+def test_halves_disagree_on_inconsistent_points_and_agree_on_consistent_ones():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (40, 2))
+    good = [_Tie(p, (5.0, -3.0)) for p in xy]
+    win = np.c_[np.linspace(0, 1000, 7), np.linspace(0, 1000, 7)]
+    fit = _Fit("translation", np.ones(40))
+    assert halves_discrepancy(fit, good, 1.0, win) < 1e-6
+    # alternate points from two different answers: each half sees a different one
+    order = np.lexsort((xy[:, 0], np.round(xy[:, 1] / 16)))
+    bad = list(good)
+    for k, i in enumerate(order):
+        if k % 2:
+            bad[i] = _Tie(xy[i], (12.0, 4.0))
+    assert halves_discrepancy(fit, bad, 1.0, win) > 5.0
+
+
+def test_min_points_grows_with_the_model():
+    assert min_points("translation") < min_points("similarity") < min_points("affine") < min_points("poly2")
+
+
+def test_more_hypotheses_raise_the_bar():
+    xy = np.random.default_rng(2).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    levels = [{"kind": "global", "peak_z": 4.0, "peak_distinct": 0.5, "candidates": [{}], "chosen": 0}]
+    win = np.c_[[0, 500], [0, 500]]
+    one = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=1)
+    many = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=500)
+    assert one["level"] == "strong" and many["level"] == "weak"
