@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/batch_bench.py
 
 eval: $(STAMP)
 	$(BIN)/python bench/eval_dev.py

@@ -84,7 +84,7 @@ def level0(reader, backend, c0: int, max_shift: float):
     dm = upsample_to(dm, movn.shape)[:, m:m + h + 2 * P, m:m + w + 2 * P]
     tm = torch.from_numpy(erode(refm)[m:m + h, m:m + w])
     sm = torch.from_numpy(erode(movm)[m:m + h + 2 * P, m:m + w + 2 * P])
-    ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None])
+    ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None], valid_only=True)
     # rank by correlation times sqrt(overlap): a z-score-like significance, so a slightly higher
     # NCC on a sliver of overlap at the edge of a large search range does not win
     rank = torch.where(frac >= 0.3, ncc * frac.clamp(0, 1).sqrt(), torch.full_like(ncc, -1.0))
@@ -150,23 +150,12 @@ def _mov_box(scene, c):
     return c0, r0, int(math.ceil(cols.max())) - c0, int(math.ceil(rows.max())) - r0
 
 
-def _describe_fn(backend):
-    """The search's describe(img, mask, modality): None (its own fast path) for the built-in
-    descriptor, else the backend on a pair made of the image with itself."""
-    if getattr(backend, "name", "") == "builtin":
-        return None
-
-    def describe(img, mask, modality):
-        t, m = torch.as_tensor(img), torch.as_tensor(mask)
-        return backend.describe_pairs([PatchPair(t, m, t, m, modality, modality)])[0][0]
-
-    return describe
-
-
 def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range):
     """Level 0 without a trusted prior: a global search over rotation, scale and translation of the
     moving footprint against the reference around it. Returns (similarity models strongest first,
-    report record, ValidityMap), like level0."""
+    report record, ValidityMap), like level0. The search always runs on the built-in descriptor
+    (its orientation bins make a rotation a bin shift, so nothing is recomputed per angle); the
+    template levels that follow use the chosen backend."""
     from .search import global_search
 
     s = reader.s
@@ -185,7 +174,7 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
     if refm.sum() < 64 or movm.sum() < 64:
         raise RegistrationFailed("too few valid pixels for a global search")
     try:
-        hyps, record = global_search(refn, refm, movn, movm, describe=_describe_fn(backend),
+        hyps, record = global_search(refn, refm, movn, movm, describe=None,
                                      max_rotation=max_rotation, scale_range=scale_range, n_best=N_HYPOTHESES,
                                      ref_modality=s.ref_modality, mov_modality=s.mov_modality)
     except ValueError as e:

@@ -1,20 +1,23 @@
 """The verdict: does the evidence support the answer? Exit 0 must mean the answer is right.
 
 Every check is a measured value against a limit, and the report lists them all, so a reviewer
-can see what the verdict rests on. The checks, and why each can catch a wrong answer:
+can see what the verdict rests on. Critical checks decide acceptance; the others are reported and
+lower the score. Why each can catch a wrong answer:
 
 - inliers: enough consistent tie points for the model (POINTS_PER_PARAM per parameter).
-- inlier_fraction: most matched templates agree with the model (a wrong lock is carried by few).
-- tie_confidence: the median inlier's own peak is significant and distinct on its surface
-  (wrong answers sit on NCC noise: z-scores near 3, rivals of equal height).
-- consensus: the summed correlation of all templates at the widest tile search has one
-  significant, distinct peak (a repeated pattern or a wrong prior gives rivals of equal height).
-- halves: two interleaved halves of the inliers, fitted separately, give the same geometry
-  (independent subsets of a spurious lock disagree).
-- search_edge: the coarse peak is not on the border of --max-shift (the truth may lie beyond it).
+- inlier_fraction: a good share of all correlated templates agree with the model (templates whose
+  surface has no peak near it count against it: a wrong lock is carried by a few).
+- spread: the inliers span the overlap, not one part of it.
+- coarse_peak: the correlation of the whole overlap has one significant, distinct peak over a range
+  a little wider than --max-shift (a wrong prior or a repeated pattern gives rivals of equal height).
+- search_peak (full search): the best rotation/scale hypothesis stands above the next distinct one.
+- consensus (critical after a full search), tie_confidence: the templates aligned by the consensus,
+  and the inliers' own surfaces, show a distinct peak; peak_evidence: at least one of the two does.
+- halves: two interleaved halves of the inliers, fitted separately, give the same geometry.
+- search_edge: the answer is not on (or beyond) the border of --max-shift: the truth may lie beyond.
 - hypotheses: no other coarse hypothesis was supported almost as well (ambiguity).
-The significance limits grow with the number of hypotheses tried: searching more places raises
-the chance that noise alone produces a good-looking peak somewhere.
+The significance limits grow with the number of rotation/scale hypotheses tried: searching more
+places raises the chance that noise alone produces a good-looking peak somewhere.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ POINTS_PER_PARAM = 1.5  # tie points per model parameter (each gives 2 equations
 N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8, "poly2": 12, "tps": 12}
 MIN_INLIER_FRACTION = 0.3
 MIN_SPREAD = 0.5
+MIN_PEAK_EVIDENCE = 0.1
 MIN_TIE_CONFIDENCE = 0.3
 # the coarse peak against the correlation outside its lobe: right answers on 120 px Sentinel-1/2
 # patches gave z 3.8-10.7 and distinct 0.27-0.66; priors off by more than --max-shift z 1.7-4.1 and
@@ -131,6 +135,13 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
                              f"x{lv['factor']:g}: one distinct peak (z {lv['consensus_z']:.1f})",
                              # after a search over many rotations/scales the tile level must confirm it
                              critical=full_search))
+    if tile_levels:
+        # the two peak-level measures above may each miss on hard data, but not both: when neither
+        # the aligned consensus nor the inliers' own surfaces show a distinct peak, the tie points
+        # were guided onto the model rather than measured (seen on scale errors far beyond the prior)
+        ev = max(tile_levels[0]["consensus_distinct"], med_conf)
+        checks.append(_check("peak_evidence", ev, MIN_PEAK_EVIDENCE, ev >= MIN_PEAK_EVIDENCE,
+                             "the better of the consensus distinctness and the median tie-point confidence"))
     hd = halves_discrepancy(fit, ties, scale, window_xy)
     if hd is not None:
         lim = max(HALVES_LIMIT_PX, 2.0 * fit.rmse)

@@ -136,20 +136,20 @@ def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
     for k in range(n):
         cv2.addWeighted(gx, float(cos[k]), gy, float(sin[k]), 0.0, dst=orient[k])
     np.abs(orient, out=orient)
-    # circular [1,2,1] smoothing across orientation bins (before the blur: the two commute)
-    nb = np.empty_like(orient)  # neighbour bins k-1 + k+1, by slices (fancy indexing is ~10x slower)
-    nb[1:] = orient[:-1]
-    nb[0] = orient[-1]
-    nb[:-1] += orient[1:]
-    nb[-1] += orient[0]
-    nb *= 0.25
-    orient *= 0.5
-    orient += nb
+    # circular [1,2,1] smoothing across orientation bins, plane by plane into a scratch plane that is
+    # blurred at once (smoothing and blur are both linear: they commute, so it is done once for all
+    # pooling scales; no second [n, H, W] temporary)
     d = np.empty((n * len(scales), H, W), np.float32)
-    for i, s in enumerate(scales):
-        for k in range(n):
-            _sep_blur(orient[k], s, out=d[i * n + k])
-    norm = np.sqrt(np.einsum("chw,chw->hw", d, d))
+    tmp = np.empty((H, W), np.float32)
+    for k in range(n):
+        cv2.addWeighted(orient[k - 1], 0.25, orient[(k + 1) % n], 0.25, 0.0, dst=tmp)
+        cv2.scaleAdd(orient[k], 0.5, tmp, dst=tmp)
+        for i, s in enumerate(scales):
+            _sep_blur(tmp, s, out=d[i * n + k])
+    norm = np.zeros((H, W), np.float32)
+    for c in range(d.shape[0]):
+        cv2.accumulateSquare(d[c], norm)
+    np.sqrt(norm, out=norm)
     vals = norm[valid > 0]
     # lower median, as torch.median
     ref = float(np.partition(vals, (vals.size - 1) // 2)[(vals.size - 1) // 2]) if vals.size else 0.0
