@@ -34,6 +34,26 @@ def _subpixel(s: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
     return iy + fy, ix + fx
 
 
+def _best_rival(S: np.ndarray, iy: int, ix: int, cand: np.ndarray, floor: float, n_max: int = 24) -> float:
+    """Height of the best rival peak: a local maximum that a dip separates from the peak (the
+    surface between them falls by at least a quarter of the rival's height above the background).
+    Bumps on the peak's own lobe or ridge (a runway, a long edge) are not rivals; the next period
+    of a repeated pattern is."""
+    ys, xs = np.nonzero(cand)
+    if ys.size == 0:
+        return floor
+    order = np.argsort(-S[ys, xs])[:n_max]
+    for k in order:
+        ry, rx, vr = ys[k], xs[k], float(S[ys[k], xs[k]])
+        n = int(max(abs(ry - iy), abs(rx - ix))) + 1
+        ly = np.rint(np.linspace(iy, ry, n + 1)).astype(int)
+        lx = np.rint(np.linspace(ix, rx, n + 1)).astype(int)
+        dip = float(S[ly, lx].min())
+        if vr - dip >= 0.25 * max(vr - floor, 1e-6):
+            return vr
+    return floor
+
+
 def peak_evidence(S: np.ndarray, iy: int, ix: int) -> dict:
     """How much a correlation surface supports its peak at (iy, ix).
 
@@ -56,8 +76,7 @@ def peak_evidence(S: np.ndarray, iy: int, ix: int) -> dict:
     mad = float(np.median(np.abs(bg - med))) * 1.4826 + 1e-4
     z = (v - med) / mad
     lm = (S >= maximum_filter(S, size=3, mode="constant", cval=-2.0)) & valid
-    rivals = S[lm & (dist > 2)]
-    v2 = float(rivals.max()) if rivals.size else med
+    v2 = _best_rival(S, iy, ix, lm & (dist > 2), med)
     distinct = float(np.clip((v - v2) / max(v - med, 1e-6), 0.0, 1.0))
     conf = float(np.sqrt(np.clip((z - 3.0) / 5.0, 0.0, 1.0) * np.clip(distinct / 0.3, 0.0, 1.0)))
     return {"z": float(z), "distinct": distinct, "confidence": conf}

@@ -27,7 +27,7 @@ from .levels import TileLevel
 from .patches import PatchReader
 from .raster import Raster, apply_affine, footprint
 from .tiling import auto_template_size, template_layout
-from .verdict import evaluate, min_points
+from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_PRIOR_ONLY, evaluate, min_points
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
@@ -380,21 +380,48 @@ def _check_points(ties: list[TieMatch], n: int = 7) -> np.ndarray:
     return np.c_[gx.ravel(), gy.ravel()]
 
 
+CONFIRM_FRACTION = 0.5  # --search auto: a prior result carried by fewer inliers is confirmed by a full search
+
+
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
-    """One registration. --search auto trusts the prior first and, when the verdict rejects that
-    result, runs the full rotation/scale search before giving up (the report says so)."""
+    """One registration. --search auto trusts the prior first; when the verdict rejects that result,
+    or accepts it on a minority of templates (a prior far off in rotation or scale can still line up
+    a third of them by chance), the full rotation/scale search runs too, and the report says which
+    pass gave the answer and why."""
     first = "full" if opts.search == "full" else "prior"
     res = _match_once(replace(scene), backend, opts, first, selector, progress)
     res.search = {"mode": opts.search, "used": first}
-    if opts.search == "auto" and res.failure is not None:
-        full = _match_once(replace(scene), backend, opts, "full", selector, progress)
-        tried = {"prior": _summary(res), "full": _summary(full)}
+    if opts.search != "auto":
+        return res
+    frac = next((c["value"] for c in (res.verdict or {}).get("checks", []) if c["name"] == "inlier_fraction"), 1.0)
+    if res.failure is None and frac >= CONFIRM_FRACTION:
+        return res
+    full = _match_once(replace(scene), backend, opts, "full", selector, progress)
+    tried = {"prior": _summary(res), "full": _summary(full)}
+    why = "rejected" if res.failure is not None else f"accepted on {frac:.0%} of the templates"
+    if res.failure is not None:
         if full.failure is None:
             full.warnings.insert(0, "the georeference could not be trusted (" + res.failure + "); "
                                     "a full rotation/scale search found the answer")
             res = full
-        res.search = {"mode": "auto", "used": "full" if res is full else "prior", "tried": tried}
+    elif full.failure is None and _disagree(res, full):
+        if full.counts["inliers"] >= 1.5 * res.counts["inliers"]:
+            full.warnings.insert(0, f"the prior result ({res.counts['inliers']} inliers) was a partial match; "
+                                    f"a full rotation/scale search found one {full.counts['inliers']} templates agree with")
+            res = full
+        else:
+            res.failure = ("the prior and a full rotation/scale search give different answers with similar "
+                           f"support ({res.counts['inliers']} and {full.counts['inliers']} inliers): ambiguous")
+    res.search = {"mode": "auto", "used": "full" if res is full else "prior", "why_full": why, "tried": tried}
     return res
+
+
+def _disagree(a: RegistrationResult, b: RegistrationResult, tol_px: float = 3.0) -> bool:
+    """Do two results map the matched area differently by more than tol_px reference pixels?"""
+    xy = _check_points(a.ties)
+    ax, ay = a.fit.transform(xy[:, 0], xy[:, 1])
+    bx, by = b.fit.transform(xy[:, 0], xy[:, 1])
+    return float(np.max(np.hypot(ax - bx, ay - by))) / a.scene.ref_res > tol_px
 
 
 def _summary(r: RegistrationResult) -> dict:
@@ -449,7 +476,9 @@ def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector
         verdict = evaluate(final, ties, m.levels, scene.ref_res, _check_points(ties), opts.max_shift,
                            _correction_px(scene, final.transform), n_hypotheses=m.n_hypotheses,
                            accept_weak=opts.accept_weak, n_correlated=_n_correlated(m.tile_records),
-                           template_xy=_template_xy(scene, m.tile_records))
+                           template_xy=_template_xy(scene, m.tile_records),
+                           min_inlier_fraction=MIN_INLIER_FRACTION_PRIOR_ONLY if opts.search == "prior"
+                           else MIN_INLIER_FRACTION)
         if verdict["level"] != "strong":
             if verdict["accepted"]:
                 warns.append("the verdict is weak, accepted because of --accept-weak: " + "; ".join(verdict["reasons"]))

@@ -31,6 +31,9 @@ from .fitting import fit_transform
 POINTS_PER_PARAM = 1.5  # tie points per model parameter (each gives 2 equations: 3x redundancy)
 N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8, "poly2": 12, "tps": 12}
 MIN_INLIER_FRACTION = 0.3
+# with --search prior nothing confirms a result carried by a minority of the templates (a prior far
+# off in rotation or scale lines up a third of them by chance), so more must agree
+MIN_INLIER_FRACTION_PRIOR_ONLY = 0.5
 MIN_SPREAD = 0.5
 MIN_PEAK_EVIDENCE = 0.1
 MIN_TIE_CONFIDENCE = 0.3
@@ -84,7 +87,8 @@ def halves_discrepancy(fit, ties, scale: float, window_xy: np.ndarray) -> float 
 
 def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray, max_shift: float,
              correction_px: float | None, n_hypotheses: int = 1, accept_weak: bool = False,
-             n_correlated: int | None = None, template_xy=None) -> dict:
+             n_correlated: int | None = None, template_xy=None,
+             min_inlier_fraction: float = MIN_INLIER_FRACTION) -> dict:
     """Verdict over the final fit. `levels` are the pipeline's level records (level 0 first),
     `window_xy` check points over the valid overlap (reference map coordinates), `n_correlated` the
     final level's templates that had data and structure enough to be correlated."""
@@ -99,7 +103,7 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
                          f"{n_in} inliers for a {fit.kind} model ({N_PARAMS[fit.kind]} parameters)"))
     n_used = max(len(ties), n_correlated or 0)
     frac = n_in / max(1, n_used)
-    checks.append(_check("inlier_fraction", frac, MIN_INLIER_FRACTION, frac >= MIN_INLIER_FRACTION,
+    checks.append(_check("inlier_fraction", frac, min_inlier_fraction, frac >= min_inlier_fraction,
                          f"{n_in} of the {n_used} correlated templates agree with the model (templates with no "
                          "peak near it count against it)"))
     if template_xy is not None and len(template_xy) >= 6 and n_in >= 3:
