@@ -197,7 +197,7 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
                        "at_search_edge": False})
     best = hyps[0]
     info = {"factor": c0 * s.f_match, "kind": "global", "search": "full", "grid": [int(rc1 - rc0), int(rr1 - rr0)],
-            "candidates": info_c, "beyond_search": False,
+            "candidates": info_c, "beyond_search": False, "scale_range": [float(min(scale_range)), float(max(scale_range))],
             "search_distinct": float(np.clip(1.0 - best.ratio, 0.0, 1.0)) if best.ratio > 0 else 1.0,
             "search_record": {k: v for k, v in record.items() if isinstance(v, (int, float, str, list, dict))}}
     validity = ValidityMap(T0, refm.copy(), (rc0, rr0), movm.copy(), (mc0, mr0))

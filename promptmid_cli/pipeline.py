@@ -27,7 +27,7 @@ from .levels import TileLevel
 from .patches import PatchReader
 from .raster import Raster, apply_affine, footprint
 from .tiling import auto_template_size, template_layout
-from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_PRIOR_ONLY, evaluate, min_points
+from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate, min_points
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
@@ -477,8 +477,9 @@ def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector
                            _correction_px(scene, final.transform), n_hypotheses=m.n_hypotheses,
                            accept_weak=opts.accept_weak, n_correlated=_n_correlated(m.tile_records),
                            template_xy=_template_xy(scene, m.tile_records),
-                           min_inlier_fraction=MIN_INLIER_FRACTION_PRIOR_ONLY if opts.search == "prior"
-                           else MIN_INLIER_FRACTION)
+                           # only the prior pass of --search auto is confirmed by a further search
+                           min_inlier_fraction=MIN_INLIER_FRACTION if (opts.search == "auto" and search == "prior")
+                           else MIN_INLIER_FRACTION_UNCONFIRMED)
         if verdict["level"] != "strong":
             if verdict["accepted"]:
                 warns.append("the verdict is weak, accepted because of --accept-weak: " + "; ".join(verdict["reasons"]))

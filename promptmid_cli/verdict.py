@@ -31,9 +31,11 @@ from .fitting import fit_transform
 POINTS_PER_PARAM = 1.5  # tie points per model parameter (each gives 2 equations: 3x redundancy)
 N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8, "poly2": 12, "tps": 12}
 MIN_INLIER_FRACTION = 0.3
-# with --search prior nothing confirms a result carried by a minority of the templates (a prior far
-# off in rotation or scale lines up a third of them by chance), so more must agree
-MIN_INLIER_FRACTION_PRIOR_ONLY = 0.5
+# a result carried by a minority of the templates can be chance: a prior far off in rotation or scale
+# lines up a third of them, and so can a wrong one of the hundreds of rotation/scale hypotheses of a
+# full search on small real patches. Unless a further search confirms it (--search auto after the
+# prior pass), more must agree
+MIN_INLIER_FRACTION_UNCONFIRMED = 0.5
 MIN_SPREAD = 0.5
 MIN_PEAK_EVIDENCE = 0.1
 MIN_TIE_CONFIDENCE = 0.3
@@ -130,6 +132,12 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
         checks.append(_check("search_peak", g0["search_distinct"], MIN_SEARCH_DISTINCT,
                              g0["search_distinct"] >= MIN_SEARCH_DISTINCT,
                              f"the best of {n_hypotheses} rotation/scale hypotheses above the next distinct one"))
+        best = (g0.get("candidates") or [{}])[g0.get("chosen") or 0]
+        lo, hi = g0.get("scale_range", (0.0, float("inf")))
+        on_edge = best.get("scale") is not None and not (lo * 1.01 < best["scale"] < hi / 1.01)
+        checks.append(_check("search_range_edge", best.get("scale", 1.0), hi, not on_edge,
+                             "the best scale lies on the border of --scale-range: the truth may lie beyond it"
+                             if on_edge else "the best scale lies inside --scale-range"))
     tile_levels = [lv for lv in levels if lv.get("kind") == "tiles" and "consensus_z" in lv]
     if tile_levels:
         lv = tile_levels[0]  # the widest tile search: where a rival alignment would show
