@@ -79,28 +79,13 @@ def _zoom_centre(ties, fit, scene) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------ text
-def _unit(scene) -> str:
-    crs = scene.ref.crs
-    if crs is None:
-        return "px"
-    try:
-        u = crs.axis_info[0].unit_name
-    except (IndexError, AttributeError):
-        return "map units"
-    return {"metre": "m", "meter": "m", "degree": "deg"}.get(u, u)
-
-
 def _east_north(scene, corr: dict) -> tuple[float, float, str]:
-    """The correction east/north in metres (also for geographic CRSs), else in map units."""
-    if "dx_m" in corr and "dy_m" in corr:
-        return float(corr["dx_m"]), float(corr["dy_m"]), "m"
-    from .inspect import displacement_metres
+    """The correction east/north in metres (the report's, also for geographic CRSs), else in map units."""
+    if "east_m" in corr and "north_m" in corr:
+        return float(corr["east_m"]), float(corr["north_m"]), "m"
+    from .inspect import _unit
 
-    c0, r0, w, h = scene.window
-    x, y = scene.ref.transform * (c0 + w / 2.0, r0 + h / 2.0)
-    dxm, dym = corr.get("dx_map", 0.0), corr.get("dy_map", 0.0)
-    m = displacement_metres(scene.ref.crs, x, y, dxm, dym)
-    return (float(m[0]), float(m[1]), "m") if m is not None else (dxm, dym, _unit(scene))
+    return corr.get("dx_map", 0.0), corr.get("dy_map", 0.0), _unit(scene.ref.crs)
 
 
 def caption(result, report: dict) -> str:
