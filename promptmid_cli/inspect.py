@@ -145,13 +145,10 @@ def _coarse_estimate(ref, mov, rm, mm, opts, descriptor: str, device: str | None
     backend = get_backend(descriptor, {"device": device} if device else {})
     m = Matcher(scene, backend, opts)
     c0 = m.factors()[0]  # the level-0 factor exactly as register chooses it
-    try:
-        if hasattr(m, "level0_hypotheses"):  # before the pipeline's split into stage modules
-            cands, info = m.level0_hypotheses(c0)
-        else:
-            from .hypotheses import level0
+    from .hypotheses import level0
 
-            cands, info, _ = level0(m.reader, backend, c0, opts.max_shift)
+    try:
+        cands, info, _ = level0(m.reader, backend, c0, opts.max_shift)
     except RegistrationFailed as e:
         return {"found": False, "reason": str(e), "level0_factor_ref_px": c0 * scene.f_match}, scene
     col0, row0, w, h = scene.window
