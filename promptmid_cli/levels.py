@@ -20,6 +20,12 @@ from .raster import apply_affine
 from .tiling import Tile
 
 GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
+NO_DISPLACEMENT = "no valid displacement near the consensus"
+NO_LOCAL_MAX = "no local NCC maximum near the consensus"
+WEAK = "weak match"
+# skips of templates that were correlated but whose surface does not agree with the model (the
+# verdict counts them against it; the other skips mean no data or no structure)
+DISAGREEING = (NO_DISPLACEMENT, NO_LOCAL_MAX, WEAK)
 
 
 @dataclass
@@ -158,13 +164,13 @@ class TileLevel:
             rec = sf.rec
             rec["consensus_shift_px"] = [float(d[0]), float(d[1])]
             if pk is None:
-                rec["skipped"] = "no valid displacement near the consensus"
+                rec["skipped"] = NO_DISPLACEMENT
                 continue
             dx, dy, v, local = pk
             ev = peak_evidence(sf.surf, int(round(dy + R)), int(round(dx + R)))
             rec.update({"score": v, "shift_px": [dx, dy], "local_max": local, **ev})
             if not local or v < self.opts.min_score:
-                rec["skipped"] = "no local NCC maximum near the consensus" if not local else "weak match"
+                rec["skipped"] = NO_LOCAL_MAX if not local else WEAK
                 continue
             cx, cy = sf.center
             xr, yr = apply_affine(T, cx, cy)

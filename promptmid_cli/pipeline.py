@@ -23,7 +23,7 @@ from .fitting import SIMPLER, FitResult, Transform, fit_transform, invert, selec
 from .hypotheses import level0, search_factor, search_hypotheses
 from .imaging import detect_sar_domain
 from .levels import TieMatch  # noqa: F401 (re-exported)
-from .levels import TileLevel
+from .levels import DISAGREEING, TileLevel
 from .patches import PatchReader
 from .raster import Raster, apply_affine, footprint
 from .tiling import auto_template_size, template_layout
@@ -353,22 +353,19 @@ def _correction_px(scene: Scene, g: Transform) -> float:
     return float(math.hypot(gx - x, gy - y) / scene.ref_res)
 
 
-# template skips that mean "correlated, but no peak agrees with the model" (the others: no data/structure)
-DISAGREEING = ("no valid displacement near the consensus", "no local NCC maximum near the consensus", "weak match")
+def _correlated(records: list[dict]) -> list[dict]:
+    """Template records that were correlated (a skip for disagreeing with the model included)."""
+    return [r for r in records if "skipped" not in r or r["skipped"] in DISAGREEING]
 
 
 def _n_correlated(records: list[dict]) -> int:
-    return sum(1 for r in records if "skipped" not in r or r["skipped"] in DISAGREEING)
+    return len(_correlated(records))
 
 
 def _template_xy(scene: Scene, records: list[dict]) -> np.ndarray:
     """Centres (reference map) of the correlated templates."""
-    pts = []
-    for r in records:
-        if "skipped" in r and r["skipped"] not in DISAGREEING:
-            continue
-        T = scene.level_transform(r["level"] / scene.f_match)
-        pts.append(apply_affine(T, r["col0"] + r["size"] / 2.0, r["row0"] + r["size"] / 2.0))
+    pts = [apply_affine(scene.level_transform(r["level"] / scene.f_match), r["col0"] + r["size"] / 2.0,
+                        r["row0"] + r["size"] / 2.0) for r in _correlated(records)]
     return np.array(pts, float).reshape(-1, 2)
 
 
