@@ -42,6 +42,7 @@ import scipy.fft as sfft
 import torch
 
 from .matching import parabola_offset
+from .patches import erode
 
 SCAN_SIZE = 96  # px, longest side of the scan grid
 REFINE_SIZE = 160  # px, longest side of the refinement grid
@@ -111,7 +112,7 @@ class _Field:
     @classmethod
     def of(cls, desc, mask) -> "_Field":
         d = desc.detach().float().cpu().numpy() if torch.is_tensor(desc) else np.asarray(desc, np.float32)
-        return cls(np.ascontiguousarray(d.transpose(1, 2, 0)), _erode(np.asarray(mask, bool)))
+        return cls(np.ascontiguousarray(d.transpose(1, 2, 0)), erode(np.asarray(mask, bool), ERODE_PX))
 
     def down(self, f: float) -> "_Field":
         """Area-averaged onto a grid f times coarser; invalid pixels do not dilute valid ones."""
@@ -126,13 +127,6 @@ class _Field:
             size[1], size[0], -1) for k in range(0, dm.shape[-1], 4)], axis=-1)
         den = cv2.resize(m, size, interpolation=cv2.INTER_AREA)
         return _Field(num / np.maximum(den, 1e-6)[..., None], den > 0.75)
-
-
-def _erode(mask: np.ndarray, r: int = ERODE_PX) -> np.ndarray:
-    if mask.all():
-        return mask
-    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
-    return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
 
 
 def _bin_shift(d: np.ndarray, shift: float, n_bins: int) -> np.ndarray:
