@@ -7,8 +7,10 @@ subclasses that carry the exit code.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -24,12 +26,6 @@ from .raster import apply_affine, open_raster
 
 MODELS = _validate.MODELS
 RESAMPLING = _validate.RESAMPLING
-
-
-def check_outputs(cfg: RegisterConfig) -> dict:
-    """Outputs distinct from each other and from the inputs, folders writable, nothing clobbered
-    without --overwrite (see validate.check_outputs)."""
-    return _validate.check_outputs(cfg)
 
 
 def validate(cfg: RegisterConfig):
@@ -86,9 +82,6 @@ def build_report(cfg: RegisterConfig, res: "RegistrationResult", paths: dict, ti
             d["inlier"] = bool(fit.inliers[i])
             d["residual_ref_px"] = float(np.hypot(*fit.residuals[i]))
         ties_out.append(d)
-    import sys
-    from datetime import datetime, timezone
-
     # what matters first: status, verdict, correction, model; then how it was obtained
     rep = {
         "status": "registered" if fit is not None and not res.failure else "failed",
