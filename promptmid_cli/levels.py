@@ -181,6 +181,16 @@ class TileLevel:
                                  v, v - float(np.max(sf.surf)), ev["confidence"], rec.get("prompt"), rec))
         return ties
 
+    @staticmethod
+    def evidence(ties: list[TieMatch], fit: FitResult | None) -> float:
+        """What the data says for a hypothesis: the summed confidence of its inliers' own surface
+        peaks. Not the inlier count: guided tie points agree with the consensus that guided them by
+        construction, so a wrong hypothesis on a small real patch can collect as many inliers as the
+        right one (affine consensus of noise), but their peaks are neither significant nor distinct."""
+        if fit is None:
+            return 0.0
+        return float(sum(t.confidence for t, k in zip(ties, fit.inliers) if k))
+
     def fit(self, ties: list[TieMatch], kind: str, threshold_px: float) -> FitResult | None:
         if len(ties) < 2:
             return None

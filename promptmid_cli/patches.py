@@ -6,6 +6,8 @@ PatchReader, so nodata, near-black fill and the radiometric conversion are handl
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import deque
 
 import cv2
@@ -13,9 +15,14 @@ import numpy as np
 
 from .errors import BadInput
 from .imaging import normalize01, to_intensity
-from .raster import Raster, read_window, resample_moving
+from .raster import Raster, read_window, resample_moving, window_of
 
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
+# coarse levels: a template window read decimated by f touches f^2 source pixels per pixel, and the
+# templates overlap (and the first tile level reads them once per hypothesis), so from this
+# decimation on the whole raster is read once at the level's grid and the windows are cut from it
+CACHE_MIN_FACTOR = 3
+CACHE_MAX_SAMPLES = 1 << 24  # ... when it holds at most 16 M samples (64 MB as float32)
 FILL_MAX = 3.0  # integer rasters without nodata: raw values <= this in solid blocks are fill
 FILL_BLOCK = 5  # a fill region holds FILL_BLOCK x FILL_BLOCK pixels all <= FILL_MAX
 
@@ -55,17 +62,36 @@ class PatchReader:
         self.opts = opts
         self.ref_fill = _has_fill(scene.ref, opts.zero_is_nodata)
         self.mov_fill = _has_fill(scene.mov, opts.zero_is_nodata)
+        self._whole: dict = {}  # (which, decimation) -> whole raster at that decimation, or None
+        self._lock = threading.Lock()
+
+    def _decimated(self, which: str, r: Raster, f: float):
+        """The whole raster read once at decimation f (coarse levels only, see CACHE_MIN_FACTOR)."""
+        if f < CACHE_MIN_FACTOR:
+            return None
+        with self._lock:  # the patch-reading threads ask at once; one reads
+            if (which, f) not in self._whole:
+                W, H = math.ceil(r.width / f), math.ceil(r.height / f)
+                fits = W * H * r.ds.count <= CACHE_MAX_SAMPLES
+                self._whole[(which, f)] = read_window(r, 0, 0, W, H, factor=f,
+                                                      zero_is_nodata=self.opts.zero_is_nodata) if fits else None
+            return self._whole[(which, f)]
 
     def ref_raw(self, c, col0, row0, w, h):
-        a = read_window(self.s.ref, col0, row0, w, h, factor=self.s.f_match * c,
-                        zero_is_nodata=self.opts.zero_is_nodata)
+        f = self.s.f_match * c
+        whole = self._decimated("ref", self.s.ref, f)
+        if whole is not None:
+            a = window_of(whole, col0, row0, w, h)
+        else:
+            a = read_window(self.s.ref, col0, row0, w, h, factor=f, zero_is_nodata=self.opts.zero_is_nodata)
         if self.ref_fill:
             a[:, fill_mask(a)] = np.nan
         return a
 
     def mov_raw(self, c, col0, row0, w, h, model):
         a = resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
-                            point_map=model, zero_is_nodata=self.opts.zero_is_nodata)
+                            point_map=model, zero_is_nodata=self.opts.zero_is_nodata,
+                            source=lambda k: self._decimated("mov", self.s.mov, float(k)))
         if self.mov_fill:
             a[:, fill_mask(a)] = np.nan
         return a

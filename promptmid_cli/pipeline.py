@@ -5,7 +5,7 @@ the full `--max-shift` range and keeps a few distinct peaks as hypotheses. Each 
 (`levels.TileLevel`) lays templates over the valid part of the true overlap, correlates them around
 where the current model puts them (the first tile level tries every hypothesis), finds the level's
 consensus displacement field, takes guided tie points and refits; the last level works on the
-match grid itself. The final model is re-measured (`remeasure`) and judged (`verdict.evaluate`).
+match grid itself. The final model is chosen and re-measured (`refine`) and judged (`verdict.evaluate`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,23 @@ from affine import Affine
 
 from .config import MatchOptions  # noqa: F401 (re-exported)
 from .errors import BadInput, RegistrationFailed
-from .fitting import SIMPLER, FitResult, Transform, fit_transform, invert, select_model, spread_ok
+from .fitting import FitResult, Transform, invert
 from .hypotheses import level0, search_factor, search_hypotheses
 from .imaging import detect_sar_domain
 from .levels import TieMatch  # noqa: F401 (re-exported)
 from .levels import DISAGREEING, TileLevel
 from .patches import PatchReader
 from .raster import Raster, apply_affine, footprint
+from .refine import decide, refine, select
 from .tiling import auto_template_size, template_layout
-from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate, min_points
+from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
-# an alternative hypothesis must beat the strongest level-0 peak by this much tile support (about two
-# more inliers): ties and one-inlier differences are noise and the strongest peak keeps its claim
+# an alternative hypothesis must beat the strongest level-0 peak by this much tile evidence (summed
+# inlier confidence, TileLevel.evidence: about one and a half clear tie points more); smaller
+# differences are noise and the strongest peak keeps its claim
 HYPOTHESIS_MARGIN = 1.5
 COARSE_TEMPLATES = 64  # templates per coarse tile level
 
@@ -134,7 +136,10 @@ class Matcher:
         self.levels: list[dict] = []
         self.validity = None
         self.final_level = None
-        self.n_hypotheses = 1  # rotation/scale hypotheses searched (the translation search is in the coarse z)
+        # rotation/scale hypotheses carried to the tile level, each measured there (the verdict's bar
+        # grows with them; the translation search is in the coarse z), and how many the scan compared
+        self.n_hypotheses = 1
+        self.n_scanned = 1
 
     @property
     def tile_records(self) -> list[dict]:
@@ -189,7 +194,8 @@ class Matcher:
             candidates, ginfo, self.validity = search_hypotheses(self.reader, self.backend, c0, o.max_rotation,
                                                                  o.scale_range)
             rec = ginfo.get("search_record", {})
-            self.n_hypotheses = max(1, int(rec.get("n_scan", 0) or len(candidates)))
+            self.n_hypotheses = max(1, len(candidates))
+            self.n_scanned = max(self.n_hypotheses, int(rec.get("n_hypotheses_tried", 0)))
         else:
             factors = self.factors()
             c0 = factors[0]
@@ -227,7 +233,7 @@ class Matcher:
                         "radius_px": R, "layout": layout}
                 ties = self.level.tie_points(c, cand, R, surfaces, kind, info)
                 lfit = self.level.fit(ties, kind, thr)
-                support = (int(lfit.inliers.sum()) if lfit is not None else 0) + info.get("consensus_ncc", 0.0)
+                support = self.level.evidence(ties, lfit)
                 tried.append((support, cand, ties, lfit, info, self.tile_records, tiles, surfaces))
             best = 0
             for i, t in enumerate(tried):
@@ -269,7 +275,8 @@ class Matcher:
         a_best = answer(tried[best])
         for i, t in enumerate(tried):
             cand = ginfo["candidates"][i]
-            cand["support"] = float(t[0])
+            cand["support"] = round(float(t[0]), 3)
+            cand["inliers"] = int(t[3].inliers.sum()) if t[3] is not None else 0
             cand["same_as_chosen"] = bool(i != best and np.hypot(*(answer(t) - a_best)) < 3.0)
         ginfo["chosen"] = best
 
@@ -285,64 +292,6 @@ class Matcher:
         r1 = min(s.ref.height, int(math.ceil(rows.max())))
         if c1 - c0 >= 16 and r1 - r0 >= 16:
             s.window = (c0, r0, c1 - c0, r1 - r0)
-
-    def remeasure(self, g: Transform, radius: float = 1.0) -> list[TieMatch]:
-        """Guided re-measurement of the final templates with the chosen model: each template's own NCC
-        peak within `radius` px of where g predicts it becomes its tie point. When the final level was
-        matched from a translation-only guess, the patches are first resampled again through g (so
-        rotation/scale inside a template is gone); otherwise the level's surfaces are reused."""
-        c, model_in, R_in, tiles, surfaces, entered_translation = self.final_level
-        self.tile_records = []
-        if entered_translation:
-            R = int(math.ceil(radius)) + 2
-            surfaces = self.level.correlate(c, g, R, tiles, "refining")
-            return self.level.tie_points(c, g, R, surfaces, "translation", {}, preds=np.zeros((len(surfaces), 2)),
-                                         radius=radius)
-        s = self.s
-        T = s.level_transform(c)
-        inv = ~T
-        preds = []
-        for sf in surfaces:
-            x, y = apply_affine(T, *sf.center)
-            gx, gy = g(x, y)  # where the moving georeference puts this ground point
-            ux, uy = invert(model_in, gx, gy)  # the level-grid point the resampled patch shows it at
-            px, py = apply_affine(inv, ux, uy)
-            preds.append((float(px - sf.center[0]), float(py - sf.center[1])))
-            sf.rec.pop("skipped", None)
-        return self.level.tie_points(c, model_in, R_in, surfaces, "translation", {}, preds=np.array(preds),
-                                     radius=radius)
-
-
-
-def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inliers: int | None,
-           scale: float, threshold: float) -> tuple[FitResult | None, list[str], str | None]:
-    """Final model choice: degrade to simpler models when the inliers cannot support the requested
-    one; fail (exit 1) when not even a translation is supported."""
-    warnings = []
-    if fit is None or not ties:
-        return None, warnings, f"too few matches to fit any model ({len(ties)} tie points)"
-    src = np.array([t.ref_xy for t in ties])
-    dst = np.array([t.mov_xy for t in ties])
-    kind = requested
-    while True:
-        need = max(min_inliers or 0, min_points(kind))
-        f = fit if fit.kind == kind else fit_transform(kind, src, dst, scale, threshold)
-        n_in = int(f.inliers.sum())
-        ok_spread = kind == "translation" or spread_ok(src[f.inliers], scale)
-        if n_in >= need and ok_spread:
-            break
-        if kind == "translation":
-            return None, warnings, (f"only {n_in} consistent matches out of {len(ties)} tie points "
-                                    f"(need {need}); the images could not be registered reliably")
-        simpler = SIMPLER[kind]
-        warnings.append(f"{n_in} inliers cannot support a {kind} model; fell back to {simpler}")
-        kind = simpler
-        fit = f
-    if f.inliers.sum() < 0.2 * len(ties) and len(ties) >= 10:
-        return None, warnings, (f"only {int(f.inliers.sum())} of {len(ties)} matches agree; "
-                                "the images could not be registered reliably")
-    return f, warnings, None
-
 
 
 def _correction_px(scene: Scene, g: Transform) -> float:
@@ -378,6 +327,7 @@ def _check_points(ties: list[TieMatch], n: int = 7) -> np.ndarray:
 
 
 CONFIRM_FRACTION = 0.5  # --search auto: a prior result carried by fewer inliers is confirmed by a full search
+CLEAR_WIN = 1.5  # --search auto: of two different accepted answers, one with 1.5x the other's evidence wins
 
 
 def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
@@ -402,15 +352,23 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
                                     "a full rotation/scale search found the answer")
             res = full
     elif full.failure is None and _disagree(res, full):
-        if full.counts["inliers"] >= 1.5 * res.counts["inliers"]:
-            full.warnings.insert(0, f"the prior result ({res.counts['inliers']} inliers) was a partial match; "
-                                    f"a full rotation/scale search found one {full.counts['inliers']} templates agree with")
+        ep, ef = tried["prior"]["evidence"], tried["full"]["evidence"]
+        if ef >= CLEAR_WIN * ep:
+            full.warnings.insert(0, f"the prior result ({res.counts['inliers']} inliers, evidence {ep:.1f}) was a "
+                                    f"partial match; a full rotation/scale search found one with evidence {ef:.1f} "
+                                    f"({full.counts['inliers']} inliers)")
             res = full
-        else:
+        elif ep < CLEAR_WIN * ef:
             res.failure = ("the prior and a full rotation/scale search give different answers with similar "
-                           f"support ({res.counts['inliers']} and {full.counts['inliers']} inliers): ambiguous")
+                           f"evidence ({ep:.1f} and {ef:.1f}; {res.counts['inliers']} and "
+                           f"{full.counts['inliers']} inliers): ambiguous")
     res.search = {"mode": "auto", "used": "full" if res is full else "prior", "why_full": why, "tried": tried}
     return res
+
+
+def _evidence(r: RegistrationResult) -> float:
+    """Summed confidence of the result's inlier tie points (see TileLevel.evidence)."""
+    return TileLevel.evidence(r.ties, r.fit) if r.fit is not None else 0.0
 
 
 def _disagree(a: RegistrationResult, b: RegistrationResult, tol_px: float = 3.0) -> bool:
@@ -424,7 +382,7 @@ def _disagree(a: RegistrationResult, b: RegistrationResult, tol_px: float = 3.0)
 def _summary(r: RegistrationResult) -> dict:
     v = r.verdict or {}
     return {"failure": r.failure, "verdict": v.get("level"), "score": v.get("score"),
-            "model": r.fit.kind if r.fit is not None else None}
+            "model": r.fit.kind if r.fit is not None else None, "evidence": round(_evidence(r), 2)}
 
 
 def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector=None, progress=None
@@ -442,29 +400,11 @@ def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector
     t1 = time.perf_counter()
     final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
     selection = None
-    if final is not None and opts.model_selection and final.kind in ("similarity", "affine"):
-        src = np.array([t.ref_xy for t in ties])[final.inliers]
-        dst = np.array([t.mov_xy for t in ties])[final.inliers]
-        kind, bic = select_model(src, dst, scene.ref_res, final.kind)
-        selection = {"requested": final.kind, "selected": kind, "bic": bic}
-        if kind != final.kind:
-            warns.append(f"the tie points do not support the {final.kind} model better than {kind} (BIC); "
-                         f"using {kind} (--no-model-selection keeps {final.kind})")
-            final = fit_transform(kind, np.array([t.ref_xy for t in ties]), np.array([t.mov_xy for t in ties]),
-                                  scene.ref_res, opts.threshold)
+    if final is not None and opts.model_selection:
+        final, selection, w = select(final, ties, scene.ref_res, opts.threshold)
+        warns += w
     if final is not None and m.final_level is not None and final.kind != "tps":
-        # guided re-measurement: every template's own peak near the final model, then the final fit
-        records = m.tile_records
-        ties2 = m.remeasure(final.transform, radius=1.0)
-        f2 = None
-        if len(ties2) >= 2:
-            f2 = fit_transform(final.kind, np.array([t.ref_xy for t in ties2]), np.array([t.mov_xy for t in ties2]),
-                               scene.ref_res, opts.threshold)
-            f2, _, _ = decide(f2, ties2, final.kind, opts.min_inliers, scene.ref_res, opts.threshold)
-        if f2 is not None and f2.kind == final.kind:
-            final, ties = f2, ties2
-        else:  # keep the first measurement and its template records
-            m.tile_records = records
+        final, ties = refine(m.level, m.final_level, final, ties, opts, scene.ref_res)
     verdict = None
     if final is not None:
         for t, inl in zip(ties, final.inliers):
@@ -472,10 +412,12 @@ def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector
                 t.rec["inlier"] = bool(inl)
         verdict = evaluate(final, ties, m.levels, scene.ref_res, _check_points(ties), opts.max_shift,
                            _correction_px(scene, final.transform), n_hypotheses=m.n_hypotheses,
+                           n_scanned=m.n_scanned,
                            accept_weak=opts.accept_weak, n_correlated=_n_correlated(m.tile_records),
                            template_xy=_template_xy(scene, m.tile_records),
-                           # only the prior pass of --search auto is confirmed by a further search
-                           min_inlier_fraction=MIN_INLIER_FRACTION if (opts.search == "auto" and search == "prior")
+                           # a minority result needs confirmation: by a further search (the prior pass of
+                           # --search auto) or by the evidence check of a full search
+                           min_inlier_fraction=MIN_INLIER_FRACTION if (opts.search == "auto" or search == "full")
                            else MIN_INLIER_FRACTION_UNCONFIRMED)
         if verdict["level"] != "strong":
             if verdict["accepted"]:

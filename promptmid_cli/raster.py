@@ -283,14 +283,26 @@ def source_pixel_maps(grid_transform: Affine, col0: int, row0: int, w: int, h: i
     return maps[0], maps[1]
 
 
+def window_of(a: np.ndarray, col0: int, row0: int, w: int, h: int) -> np.ndarray:
+    """A [bands, h, w] window of an in-memory [bands, H, W] grid, NaN outside it (as read_window)."""
+    out = np.full((a.shape[0], h, w), np.nan, dtype=np.float32)
+    c_lo, r_lo = max(0, -col0), max(0, -row0)
+    c_hi, r_hi = min(w, a.shape[2] - col0), min(h, a.shape[1] - row0)
+    if c_hi > c_lo and r_hi > r_lo:
+        out[:, r_lo:r_hi, c_lo:c_hi] = a[:, row0 + r_lo:row0 + r_hi, col0 + c_lo:col0 + c_hi]
+    return out
+
+
 def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col0: int, row0: int,
                     w: int, h: int, point_map: PointMap | None = None, bands=None,
                     resampling: str = "bilinear", zero_is_nodata: bool = True,
-                    decimate: bool = True) -> np.ndarray:
+                    decimate: bool = True, source: Callable | None = None) -> np.ndarray:
     """The moving raster resampled onto a window of a target grid: [bands, h, w], NaN = no data.
 
     When the source is much finer than the target grid, the source window is read decimated
     (average) first, so matching at a coarse grid neither aliases nor reads full resolution.
+    `source(k)`, if given, may return the whole raster already read at decimation k (the same
+    pixels a windowed read gives), so many windows of a coarse level share one read.
     """
     bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
     mx, my = source_pixel_maps(grid_transform, col0, row0, w, h, point_map,
@@ -315,8 +327,12 @@ def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col
         return out
     if (x1c - x0c) > 30000 or (y1c - y0c) > 30000:
         raise BadInput("a window of the moving raster exceeds 30000 px; use a smaller --tile-size")
-    src = read_window(r, x0c, y0c, x1c - x0c, y1c - y0c, factor=float(k), bands=bands,
-                      zero_is_nodata=zero_is_nodata)
+    whole = source(k) if source is not None else None
+    if whole is not None:
+        src = window_of(whole, x0c, y0c, x1c - x0c, y1c - y0c)
+    else:
+        src = read_window(r, x0c, y0c, x1c - x0c, y1c - y0c, factor=float(k), bands=bands,
+                          zero_is_nodata=zero_is_nodata)
     # map coordinates in the (possibly decimated) source window
     fx = ((mx + 0.5) / k - 0.5 - x0c).astype(np.float32)
     fy = ((my + 0.5) / k - 0.5 - y0c).astype(np.float32)

@@ -283,3 +283,27 @@ def test_normalize01():
     assert math.isclose(float(np.mean(out[mask] > 0.5)), 0.5, abs_tol=0.05)
     out, mask = normalize01(np.full((10, 10), 3.0, np.float32))  # constant: all zero, no division
     assert np.all(out == 0) and mask.all()
+
+
+@pytest.mark.parametrize("c", [4, 8])
+def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, monkeypatch, c):
+    """Coarse levels read each raster once and cut template windows from it (issue #12): the pixels
+    must be those of a windowed decimated read, NaN outside included, for both images."""
+    import promptmid_cli.patches as patches
+    from promptmid_cli.config import MatchOptions
+    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.synthetic import make_pair
+
+    pair = make_pair(tmp_path, size=512, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=900)
+    o = MatchOptions()
+    sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
+    cached = patches.PatchReader(sc, o)
+    direct = patches.PatchReader(sc, o)
+    monkeypatch.setattr(direct, "_decimated", lambda *a: None)
+    L = 512 // c  # the optical at level c
+    for col0, row0, n in [(0, 0, L // 2), (-5, L // 4, L // 2), (L // 2, L // 3, L // 2 + 10)]:
+        for a, b in [(cached.ref_raw(c, col0, row0, n, n), direct.ref_raw(c, col0, row0, n, n)),
+                     (cached.mov_raw(c, col0, row0, n, n, None), direct.mov_raw(c, col0, row0, n, n, None))]:
+            assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
+            np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+    assert any(v is not None for v in cached._whole.values())  # the one-read path was taken

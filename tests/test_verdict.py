@@ -127,3 +127,50 @@ def test_more_hypotheses_raise_the_bar():
     one = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=1)
     many = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=500)
     assert one["level"] == "strong" and many["level"] == "weak"
+
+
+def test_a_full_search_needs_evidence_that_grows_with_the_hypotheses():
+    """Hundreds of rotation/scale hypotheses: a winner whose first tile level holds only a couple of
+    clear peaks (summed inlier confidence) is not trusted, however many guided inliers it has."""
+    xy = np.random.default_rng(3).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    win = np.c_[[0, 500], [0, 500]]
+
+    def verdict(support, n):
+        g0 = {"kind": "global", "search_distinct": 0.3, "scale_range": (0.7, 1.4), "chosen": 0,
+              "candidates": [{"scale": 1.0, "support": support}]}
+        v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0, n_hypotheses=1, n_scanned=n)
+        return next(c for c in v["checks"] if c["name"] == "evidence"), v
+
+    weak, v_weak = verdict(2.5, 420)
+    strong, v_strong = verdict(15.0, 420)
+    assert not weak["passed"] and weak["critical"] and v_weak["level"] == "weak"
+    assert strong["passed"] and v_strong["level"] == "strong"
+    assert verdict(2.5, 3)[0]["limit"] < weak["limit"]  # fewer hypotheses, lower bar
+
+
+def test_hypothesis_evidence_counts_confident_inliers_only():
+    from promptmid_cli.levels import TileLevel
+
+    ties = [_Tie((i, i), (0, 0), conf=c) for i, c in enumerate([0.9, 0.8, 0.0, 0.0, 0.7])]
+    fit = _Fit("translation", [True, True, True, True, False])
+    assert TileLevel.evidence(ties, fit) == pytest.approx(1.7)  # the outlier's 0.7 does not count
+    assert TileLevel.evidence(ties, None) == 0.0
+
+
+def test_a_rival_with_more_evidence_than_the_chosen_hypothesis_is_ambiguous():
+    """The strongest level-0 peak keeps its claim unless beaten by a margin, so a different rival
+    can hold a little more evidence than the chosen one: that is an ambiguity, not a win."""
+    xy = np.random.default_rng(4).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    win = np.c_[[0, 500], [0, 500]]
+
+    def check(supports, same=()):
+        g0 = {"kind": "global", "peak_z": 9.0, "peak_distinct": 0.6, "chosen": 0,
+              "candidates": [{"support": v, "same_as_chosen": i in same} for i, v in enumerate(supports)]}
+        v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0)
+        return next((c for c in v["checks"] if c["name"] == "hypotheses"), None)
+
+    assert check([10.0, 2.0])["passed"]
+    assert not check([0.2, 0.5])["passed"]  # the rival has more: ratio > 1
+    assert check([0.2, 0.5], same=(1,)) is None  # it converged on the chosen answer: no rival
