@@ -25,7 +25,7 @@ from .imaging import detect_sar_domain
 from .levels import TieMatch  # noqa: F401 (re-exported)
 from .levels import DISAGREEING, TileLevel
 from .patches import PatchReader
-from .raster import Raster, apply_affine, footprint
+from .raster import Raster, apply_affine, footprint, place_over
 from .refine import decide, refine, select
 from .tiling import auto_template_size, template_layout
 from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate
@@ -89,9 +89,14 @@ def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
 
 
 def build_scene(ref: Raster, mov: Raster, ref_modality: str, mov_modality: str, opts: MatchOptions) -> Scene:
+    if ref.crs is not None and mov.crs is None and not mov.georeferenced:
+        place_over(mov, ref)  # an ungeoreferenced moving image: registered onto the reference's ground
     if (ref.crs is None) != (mov.crs is None):
+        if ref.crs is None and not ref.georeferenced:
+            raise BadInput("the reference raster has no georeference while the moving one has: register the "
+                           "ungeoreferenced image as the moving one (--moving optical or --moving sar)")
         which = "reference" if ref.crs is None else "moving"
-        raise BadInput(f"the {which} raster has no CRS while the other has one; give both a georeference")
+        raise BadInput(f"the {which} raster has a geotransform but no CRS while the other has one; give both a CRS")
     fp_ref = footprint(ref, ref.crs)
     fp_mov = footprint(mov, ref.crs)
     if not fp_mov.is_valid:

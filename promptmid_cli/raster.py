@@ -125,6 +125,21 @@ def open_raster(path: str, role: str) -> Raster:
     return Raster(path=path, ds=ds, crs=crs, transform=t, georeferenced=georef)
 
 
+def place_over(mov: Raster, ref: Raster) -> dict:
+    """Give a raster without georeference a provisional one over a georeferenced reference: in
+    the reference CRS, north up, centred on it, covering the same area (the two images show the same
+    place). The registration then corrects rotation, scale and shift (--search, --scale-range) and
+    its result georeferences the raster; `mov.georeferenced` stays False (GCPs in pixel/line)."""
+    cols, rows = [0, ref.width, ref.width, 0], [0, 0, ref.height, ref.height]
+    xs, ys = apply_affine(ref.transform, np.array(cols, float), np.array(rows, float))
+    area = abs(ref.transform.a * ref.transform.e - ref.transform.b * ref.transform.d) * ref.width * ref.height
+    px = math.sqrt(area / (mov.width * mov.height))
+    cx, cy = float(np.mean(xs)), float(np.mean(ys))
+    mov.transform = Affine(px, 0.0, cx - px * mov.width / 2, 0.0, -px, cy + px * mov.height / 2)
+    mov.crs = ref.crs
+    return {"pixel_size": px, "centre": [cx, cy], "crs": ref.crs.to_string() if ref.crs else None}
+
+
 def _read_error(r: Raster, e: Exception) -> BadInput:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else "read failed"
     cause = e.__cause__ or e.__context__

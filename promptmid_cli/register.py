@@ -209,8 +209,15 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
                 write_report(report_path, report)
             raise RegistrationFailed(res.failure or "registration failed", result=report)
         g = res.fit.transform
+        # a moving image without georeference (placed over the reference to be registered): its GCPs
+        # can only be pixel/line, the frame QGIS's Georeferencer gives an ungeoreferenced raster
+        pixel_gcps = cfg.gcp_pixel_coords or not mov.georeferenced
+        if ref.georeferenced and not mov.georeferenced:
+            res.warnings.append(f"the {mm} raster has no georeference: it was placed over the {rm} raster "
+                                "(same area, north up) and registered from there; its GCPs are pixel/line and "
+                                "the outputs georeference it")
         rotated = mov.transform.b != 0 or mov.transform.d != 0
-        if rotated and not cfg.gcp_pixel_coords:
+        if rotated and not pixel_gcps:
             res.warnings.append("the moving raster's geotransform is rotated: QGIS's Georeferencer ignores rotation "
                                 "terms when it reads the .points source coordinates (GCPs would land off); use "
                                 "--gcp-pixel-coords to write pixel/line source coordinates instead")
@@ -221,9 +228,9 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
             mov_xy = np.array([tp.mov_xy for tp in res.ties])
             resid = res.fit.residuals * scene.ref_res
             write_text(outs.temp(paths["gcp"]), points_text(ref.crs, ref_xy,
-                                                            _source_coords(mov, ref.crs, mov_xy, cfg.gcp_pixel_coords),
+                                                            _source_coords(mov, ref.crs, mov_xy, pixel_gcps),
                                                             res.fit.inliers, resid), atomic=False)
-            extra["gcp_source_coordinates"] = "pixel" if cfg.gcp_pixel_coords else "map"
+            extra["gcp_source_coordinates"] = "pixel" if pixel_gcps else "map"
             c0, r0, w, h = scene.window
             corners = np.array(apply_affine(ref.transform, [c0, c0 + w, c0 + w, c0], [r0, r0, r0 + h, r0 + h])).T
             gcps = model_gcps(mov, ref.crs, g, corners)

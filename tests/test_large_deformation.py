@@ -42,3 +42,46 @@ def test_ungeoreferenced_png_pair_rotated_by_180(tmp_path):
     sc, srow = a[:, 2] - 0.5, -a[:, 3] - 0.5
     pred = (M @ np.stack([oc, orow, np.ones(len(a))]))
     assert np.median(np.hypot(pred[0] - sc, pred[1] - srow)) < 1.0
+
+
+def test_ungeoreferenced_moving_image_onto_a_georeferenced_reference(tmp_path):
+    """A georeferenced optical GeoTIFF and a SAR PNG without georeference, rotated by 90 degrees and
+    cut a little differently: the SAR is placed over the optical, registered, and georeferenced by
+    the result (pixel/line GCPs for QGIS's Georeferencer, a warped GeoTIFF on the optical grid)."""
+    import rasterio
+    from affine import Affine
+
+    opt, sar, _ = landscape(260, seed=5)
+    n = 220
+    T = Affine(10.0, 0, 500000.0, 0, -10.0, 4600000.0)
+    with rasterio.open(tmp_path / "opt.tif", "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=T) as ds:
+        ds.write(opt[None, :n, :n].astype(np.float32))
+    M = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), 90.0, 1.0)
+    M[:, 2] += (6.0, -4.0)
+    s_db = 10 * np.log10(np.maximum(sar[:n, :n], 1e-3))
+    s = cv2.warpAffine(((s_db - s_db.min()) / np.ptp(s_db) * 250 + 3).astype(np.uint8), M, (n, n),
+                       flags=cv2.INTER_LINEAR, borderValue=0)
+    cv2.imwrite(str(tmp_path / "sar.png"), s)
+    out = tmp_path / "out.tif"
+    _, rep = register(tmp_path / "opt.tif", tmp_path / "sar.png", out)
+    assert rep["gcp_source_coordinates"] == "pixel"
+    assert any("no georeference" in w for w in rep["warnings"])
+    crs, _, a = read_points(out.with_suffix(".points"))
+    a = a[a[:, 4] > 0]
+    assert len(a) >= 10
+    # map -> optical pixel; SAR pixel/line frame: x = pixel, y = -line (centres at +0.5)
+    oc, orow = ~T * (a[:, 0], a[:, 1])
+    sc, srow = a[:, 2] - 0.5, -a[:, 3] - 0.5
+    pred = M @ np.stack([oc - 0.5, orow - 0.5, np.ones(len(a))])
+    assert np.median(np.hypot(pred[0] - sc, pred[1] - srow)) < 1.0
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == T
+
+
+def test_ungeoreferenced_reference_with_a_georeferenced_moving_image_says_how(tmp_path):
+    opt, sar, _ = landscape(200, seed=6)
+    cv2.imwrite(str(tmp_path / "opt.png"), (np.clip(opt, 0, 1) * 255).astype(np.uint8))
+    pair = make_pair(tmp_path, size=200, seed=6)
+    res, _ = register(tmp_path / "opt.png", pair.sar, tmp_path / "out.tif", expect=2)
+    assert "--moving" in res.stderr and "Traceback" not in res.stderr
