@@ -285,8 +285,7 @@ def test_normalize01():
     assert np.all(out == 0) and mask.all()
 
 
-@pytest.mark.parametrize("c", [4, 8])
-def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, monkeypatch, c):
+def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, monkeypatch):
     """Coarse levels read each raster once and cut template windows from it (issue #12): the pixels
     must be those of a windowed decimated read, NaN outside included, for both images."""
     import promptmid_cli.patches as patches
@@ -294,16 +293,17 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
     from promptmid_cli.pipeline import build_scene
     from promptmid_cli.synthetic import make_pair
 
-    pair = make_pair(tmp_path, size=512, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=900)
+    pair = make_pair(tmp_path, size=320, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=560)
     o = MatchOptions()
     sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
     cached = patches.PatchReader(sc, o)
     direct = patches.PatchReader(sc, o)
     monkeypatch.setattr(direct, "_decimated", lambda *a: None)
-    L = 512 // c  # the optical at level c
-    for col0, row0, n in [(0, 0, L // 2), (-5, L // 4, L // 2), (L // 2, L // 3, L // 2 + 10)]:
-        for a, b in [(cached.ref_raw(c, col0, row0, n, n), direct.ref_raw(c, col0, row0, n, n)),
-                     (cached.mov_raw(c, col0, row0, n, n, None), direct.mov_raw(c, col0, row0, n, n, None))]:
-            assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
-            np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
-    assert any(v is not None for v in cached._whole.values())  # the one-read path was taken
+    for c in (4, 8):
+        L = 320 // c  # the optical at level c
+        for col0, row0, n in [(0, 0, L // 2), (-5, L // 4, L // 2), (L // 2, L // 3, L // 2 + 10)]:
+            for a, b in [(cached.ref_raw(c, col0, row0, n, n), direct.ref_raw(c, col0, row0, n, n)),
+                         (cached.mov_raw(c, col0, row0, n, n, None), direct.mov_raw(c, col0, row0, n, n, None))]:
+                assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
+                np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+    assert sum(v is not None for v in cached._whole.values()) >= 3  # the one-read path was taken
