@@ -11,9 +11,9 @@ lower the score. Why each can catch a wrong answer:
 - coarse_peak: the correlation of the whole overlap has one significant, distinct peak over a range
   a little wider than --max-shift (a wrong prior or a repeated pattern gives rivals of equal height).
 - search_peak (full search): the best rotation/scale hypothesis stands above the next distinct one.
-- evidence: the chosen hypothesis' first tile level holds enough evidence (summed confidence of
-  its inliers' own peaks), more the more hypotheses it was picked among: a wrong one can line up
-  many guided tie points, but few significant, distinct peaks.
+- evidence (full search): the chosen hypothesis' first tile level holds enough evidence (summed
+  confidence of its inliers' own peaks), more the more hypotheses were scanned: a wrong one can
+  line up many guided tie points, but few significant, distinct peaks.
 - consensus, tie_confidence: the templates aligned by the consensus, and the inliers' own
   surfaces, show a distinct peak; peak_evidence: at least one of the two does.
 - halves: two interleaved halves of the inliers, fitted separately, give the same geometry.
@@ -55,7 +55,7 @@ MIN_SEARCH_DISTINCT = 0.05  # full search: the best hypothesis above the next di
 # patches). Not under the prior: there wrong and right answers overlap (0.2-4.1 against 0.8-90)
 EVIDENCE_PER_BOOST = 2.0
 HALVES_LIMIT_PX = 1.5
-MAX_RIVAL_SUPPORT = 0.75  # runner-up hypothesis evidence (summed inlier confidence) / winner's
+MAX_RIVAL_SUPPORT = 0.75  # best rival hypothesis' evidence (summed inlier confidence) / the chosen one's
 
 
 def _chosen(g0: dict | None) -> dict | None:
