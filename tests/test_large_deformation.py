@@ -21,17 +21,22 @@ def test_rotated_or_scaled_georeference_is_recovered(tmp_path, rot, scale, searc
     assert rep["search"]["used"] == "full"
 
 
-def test_ungeoreferenced_png_pair_rotated_by_180(tmp_path):
-    opt, sar, _ = landscape(260, seed=4)
-    n = 220
-    o = (np.clip(opt[:n, :n], 0, 1) * 255).astype(np.uint8)
-    M = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), 180.0, 1.0)
-    M[:, 2] += (3.0, -2.0)
+def _rotated_sar_png(path, sar, n, angle, shift):
+    """An 8-bit SAR PNG (dB stretched, no georeference) whose pixel is M applied to the optical one."""
+    M = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), angle, 1.0)
+    M[:, 2] += shift
     s_db = 10 * np.log10(np.maximum(sar[:n, :n], 1e-3))
     s = cv2.warpAffine(((s_db - s_db.min()) / np.ptp(s_db) * 250 + 3).astype(np.uint8), M, (n, n),
                        flags=cv2.INTER_LINEAR, borderValue=0)
-    cv2.imwrite(str(tmp_path / "opt.png"), o)
-    cv2.imwrite(str(tmp_path / "sar.png"), s)
+    cv2.imwrite(str(path), s)
+    return M
+
+
+def test_ungeoreferenced_png_pair_rotated_by_180(tmp_path):
+    opt, sar, _ = landscape(260, seed=4)
+    n = 220
+    cv2.imwrite(str(tmp_path / "opt.png"), (np.clip(opt[:n, :n], 0, 1) * 255).astype(np.uint8))
+    M = _rotated_sar_png(tmp_path / "sar.png", sar, n, 180.0, (3.0, -2.0))
     out = tmp_path / "out.tif"
     register(tmp_path / "opt.png", tmp_path / "sar.png", out, "--search", "full")
     _, _, a = read_points(out.with_suffix(".points"))
@@ -57,12 +62,7 @@ def test_ungeoreferenced_moving_image_onto_a_georeferenced_reference(tmp_path):
     with rasterio.open(tmp_path / "opt.tif", "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
                        crs="EPSG:32633", transform=T) as ds:
         ds.write(opt[None, :n, :n].astype(np.float32))
-    M = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), 90.0, 1.0)
-    M[:, 2] += (6.0, -4.0)
-    s_db = 10 * np.log10(np.maximum(sar[:n, :n], 1e-3))
-    s = cv2.warpAffine(((s_db - s_db.min()) / np.ptp(s_db) * 250 + 3).astype(np.uint8), M, (n, n),
-                       flags=cv2.INTER_LINEAR, borderValue=0)
-    cv2.imwrite(str(tmp_path / "sar.png"), s)
+    M = _rotated_sar_png(tmp_path / "sar.png", sar, n, 90.0, (6.0, -4.0))
     out = tmp_path / "out.tif"
     _, rep = register(tmp_path / "opt.tif", tmp_path / "sar.png", out)
     assert rep["gcp_source_coordinates"] == "pixel"
