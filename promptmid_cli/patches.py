@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import BadInput
 from .imaging import normalize01, to_intensity
-from .raster import Raster, read_window, resample_moving, window_of
+from .raster import Raster, footprint, read_window, resample_moving, window_of
 
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # coarse levels: a template window read decimated by f touches f^2 source pixels per pixel, and the
@@ -23,6 +23,7 @@ DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has n
 # decimation on the whole raster is read once at the level's grid and the windows are cut from it
 CACHE_MIN_FACTOR = 3
 CACHE_MAX_SAMPLES = 1 << 24  # ... when it holds at most 16 M samples (64 MB as float32)
+CACHE_MIN_OVERLAP = 0.25  # ... and the overlap is at least this share of it (else windows read less)
 FILL_MAX = 3.0  # integer rasters without nodata: raw values <= this in solid blocks are fill
 FILL_BLOCK = 5  # a fill region holds FILL_BLOCK x FILL_BLOCK pixels all <= FILL_MAX
 
@@ -72,10 +73,19 @@ class PatchReader:
         with self._lock:  # the patch-reading threads ask at once; one reads
             if (which, f) not in self._whole:
                 W, H = math.ceil(r.width / f), math.ceil(r.height / f)
-                fits = W * H * r.ds.count <= CACHE_MAX_SAMPLES
+                fits = W * H * r.ds.count <= CACHE_MAX_SAMPLES and self._overlap_share(which) >= CACHE_MIN_OVERLAP
                 self._whole[(which, f)] = read_window(r, 0, 0, W, H, factor=f,
                                                       zero_is_nodata=self.opts.zero_is_nodata) if fits else None
             return self._whole[(which, f)]
+
+    def _overlap_share(self, which: str) -> float:
+        """The share of a raster's area inside the overlap: a whole read of a raster much larger than
+        the overlap would read more than all the template windows together."""
+        s = self.s
+        _, _, w, h = s.window
+        if which == "ref":
+            return w * h / (s.ref.width * s.ref.height)
+        return min(1.0, w * h * s.ref_res ** 2 / max(footprint(s.mov, s.ref.crs).area, 1e-12))
 
     def ref_raw(self, c, col0, row0, w, h):
         f = self.s.f_match * c

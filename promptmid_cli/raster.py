@@ -125,7 +125,7 @@ def open_raster(path: str, role: str) -> Raster:
     return Raster(path=path, ds=ds, crs=crs, transform=t, georeferenced=georef)
 
 
-def place_over(mov: Raster, ref: Raster) -> dict:
+def place_over(mov: Raster, ref: Raster) -> None:
     """Give a raster without georeference a provisional one over a georeferenced reference: in
     the reference CRS, north up, centred on it, covering the same area (the two images show the same
     place). The registration then corrects rotation, scale and shift (--search, --scale-range) and
@@ -137,7 +137,6 @@ def place_over(mov: Raster, ref: Raster) -> dict:
     cx, cy = float(np.mean(xs)), float(np.mean(ys))
     mov.transform = Affine(px, 0.0, cx - px * mov.width / 2, 0.0, -px, cy + px * mov.height / 2)
     mov.crs = ref.crs
-    return {"pixel_size": px, "centre": [cx, cy], "crs": ref.crs.to_string() if ref.crs else None}
 
 
 def _read_error(r: Raster, e: Exception) -> BadInput:

@@ -307,3 +307,20 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
                 assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
                 np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
     assert sum(v is not None for v in cached._whole.values()) >= 3  # the one-read path was taken
+
+
+def test_a_raster_much_larger_than_the_overlap_is_read_by_windows(tmp_path):
+    """The one-read path reads the whole raster: where the overlap is a small part of it, the
+    template windows together read less, so they are read directly."""
+    import promptmid_cli.patches as patches
+    from promptmid_cli.config import MatchOptions
+    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.synthetic import make_pair
+
+    pair = make_pair(tmp_path, size=320, seed=4, sar_size=100)
+    o = MatchOptions()
+    sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
+    rd = patches.PatchReader(sc, o)
+    c0, r0, _, _ = sc.window
+    a = rd.ref_raw(4, c0 // 4, r0 // 4, 20, 20)
+    assert np.isfinite(a).any() and rd._whole[("ref", 4.0)] is None
