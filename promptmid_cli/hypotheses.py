@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .consensus import peak_evidence
+from .consensus import peak_evidence, peak_significance
 from .descriptors.base import PatchPair
 from .errors import RegistrationFailed
 from .fitting import Transform, identity
@@ -111,8 +111,11 @@ def level0(reader, backend, c0: int, max_shift: float):
         d = np.array([peak.dx - P, peak.dy - P])
         if not cands:
             iy, ix = int(round(peak.dy)), int(round(peak.dx))
-            ev = peak_evidence(np.where(probe > -1.0, probe, -2.0), iy, ix)
-            info.update({"peak_z": ev["z"], "peak_distinct": ev["distinct"]})
+            surf = np.where(probe > -1.0, probe, -2.0)
+            ev = peak_evidence(surf, iy, ix)
+            sig = peak_significance(surf, iy, ix, inside)
+            info.update({"peak_z": ev["z"], "peak_distinct": ev["distinct"], "peak_p": sig["p"],
+                         "peak_resels": sig["resels"], "peak_fwhm_px": sig["fwhm"]})
         x1, y1 = apply_affine(T, col0 + w / 2.0 + d[0], row0 + h / 2.0 + d[1])
         t = identity((float(x0), float(y0)), s.ref_res)
         t.matrix[:2, 2] = [(x1 - x0) / s.ref_res, (y1 - y0) / s.ref_res]

@@ -15,7 +15,8 @@ from .consensus import Surface, consensus_model, guided_peak, peak_evidence
 from .descriptors.base import PatchPair
 from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, spread_ok
 from .matching import masked_ncc, upsample_to
-from .patches import DESC_MARGIN, bounded_map, erode
+from .patches import DESC_MARGIN, erode
+from .threads import bounded_map
 from .raster import apply_affine
 from .tiling import Tile
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape
 
 import cv2
@@ -23,10 +24,12 @@ from rasterio.shutil import copy as rio_copy
 from .atomic import atomic_path  # noqa: F401 (re-exported)
 from .errors import BadInput
 from .fitting import Transform, invert
+from .threads import bounded_map
 from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_rows, read_window, source_pixel_maps
 from .validate import creation_profile, output_dtype, parse_co, split_cog_options
 
-BLOCK = 1024
+BLOCK = 512
+WARP_AHEAD = 2  # output blocks warped ahead of the writer, on threads (memory: this many blocks)
 
 
 def write_text(path: str, text: str, atomic: bool = True):
@@ -227,12 +230,20 @@ def warp_to_reference(mov: Raster, ref: Raster, g: Transform, path: str, resampl
     if progress:
         progress("start", "writing output", len(blocks))
     interp = CV2_INTERP[resampling]
+
+    def warped(b):
+        c, r, w, h = b
+        return _cast(_warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata),
+                     prof["dtype"], prof["nodata"])
+
+    # reading and resampling the next blocks (GDAL reads and OpenCV release the GIL) overlaps the
+    # writing (and compression) of this one; at most WARP_AHEAD blocks are in memory at once
+    n = max(1, min(WARP_AHEAD, cv2.getNumThreads()))
     with (atomic_path(path) if atomic else _Direct(path)) as tmp:
-        with rasterio.open(tmp, "w", **prof) as dst:
-            for c, r, w, h in blocks:
-                block = _warp_block(mov, ref, g, to_src, inv, bands, interp, c, r, w, h, zero_is_nodata)
-                dst.write(_cast(block, prof["dtype"], prof["nodata"]), window=((r, r + h), (c, c + w)))
-                del block  # before the next block is allocated: peak = one block, whatever the raster
+        with rasterio.open(tmp, "w", **prof) as dst, ThreadPoolExecutor(n) as ex:
+            for (c, r, w, h), block in zip(blocks, bounded_map(ex, warped, blocks, ahead=n)):
+                dst.write(block, window=((r, r + h), (c, c + w)))
+                del block
                 if progress:
                     progress("advance", "writing output", 1)
         if progress:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 
 import cv2
 import numpy as np
@@ -117,20 +116,3 @@ class PatchReader:
     def normalized(self, raw, which: str):
         """(image in [0, 1] with 0 at invalid pixels, validity mask)."""
         return normalize01(self.intensity(raw, which))
-
-
-def bounded_map(ex, fn, items, ahead: int):
-    """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
-    everything at once, and prepared tile patches would pile up in memory (~1 GB on a whole
-    Sentinel-2 scene) faster than the correlation consumes them."""
-    pending = deque()
-    it = iter(items)
-    for item in it:
-        pending.append(ex.submit(fn, item))
-        if len(pending) >= ahead:
-            break
-    for item in it:
-        yield pending.popleft().result()
-        pending.append(ex.submit(fn, item))
-    while pending:
-        yield pending.popleft().result()

@@ -264,12 +264,16 @@ def _interp_axis(vals: np.ndarray, pos: np.ndarray, n: int, axis: int) -> np.nda
     if len(pos) == 1:
         return np.repeat(vals, n, axis=axis)
     t = (x - pos[idx]) / (pos[idx + 1] - pos[idx])
-    a = np.take(vals, idx, axis=axis)
-    b = np.take(vals, idx + 1, axis=axis)
     shape = [1] * vals.ndim
     shape[axis] = n
-    t = t.reshape(shape)
-    return a * (1 - t) + b * t
+    a = np.take(vals, idx, axis=axis)
+    out = np.take(vals, idx + 1, axis=axis)
+    # a + (b - a) t in place: two arrays of the output's size, not five (a warped output block's
+    # maps are the largest temporaries of the writer, which warps blocks on several threads)
+    out -= a
+    out *= t.reshape(shape)
+    out += a
+    return out
 
 
 PointMap = Callable[[np.ndarray, np.ndarray], tuple]

@@ -324,3 +324,32 @@ def test_a_raster_much_larger_than_the_overlap_is_read_by_windows(tmp_path):
     c0, r0, _, _ = sc.window
     a = rd.ref_raw(4, c0 // 4, r0 // 4, 20, 20)
     assert np.isfinite(a).any() and rd._whole[("ref", 4.0)] is None
+
+
+def test_warp_with_blocks_warped_ahead_equals_one_at_a_time(tmp_path, opened, monkeypatch):
+    """The output writer overlaps warping the next blocks with writing this one: the file must be
+    the same, block for block in order, as when one block is warped at a time."""
+    import cv2
+
+    from promptmid_cli import outputs
+    from promptmid_cli.fitting import identity
+
+    ref = opened(_write(tmp_path / "ref.tif", _smooth(300, 260, 1)))
+    mov = opened(_write(tmp_path / "mov.tif", _smooth(280, 290, 2), transform=T0 * Affine.translation(7, -5)))
+    g = identity((T0.c, T0.f), 10.0)
+    g.matrix[:2, 2] = [2.4, -1.7]
+    monkeypatch.setattr(outputs, "BLOCK", 64)  # 25 blocks
+    arrays = []
+    for ahead, threads in ((1, 1), (4, 4)):
+        monkeypatch.setattr(outputs, "WARP_AHEAD", ahead)
+        old = cv2.getNumThreads()
+        cv2.setNumThreads(threads)
+        try:
+            path = tmp_path / f"out{ahead}.tif"
+            outputs.warp_to_reference(mov, ref, g, str(path), "bilinear", {"compress": "deflate"})
+        finally:
+            cv2.setNumThreads(old)
+        with rasterio.open(path) as ds:
+            arrays.append(ds.read())
+    assert np.isfinite(arrays[0]).mean() > 0.5
+    np.testing.assert_array_equal(arrays[0], arrays[1])

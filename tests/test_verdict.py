@@ -122,7 +122,7 @@ def test_min_points_grows_with_the_model():
 def test_more_hypotheses_raise_the_bar():
     xy = np.random.default_rng(2).uniform(0, 500, (30, 2))
     ties = [_Tie(p, (1.0, 1.0)) for p in xy]
-    levels = [{"kind": "global", "peak_z": 4.0, "peak_distinct": 0.5, "candidates": [{}], "chosen": 0}]
+    levels = [{"kind": "global", "peak_z": 4.0, "peak_p": 1e-3, "peak_distinct": 0.5, "candidates": [{}], "chosen": 0}]
     win = np.c_[[0, 500], [0, 500]]
     one = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=1)
     many = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=500)
@@ -166,7 +166,7 @@ def test_a_rival_with_more_evidence_than_the_chosen_hypothesis_is_ambiguous():
     win = np.c_[[0, 500], [0, 500]]
 
     def check(supports, same=()):
-        g0 = {"kind": "global", "peak_z": 9.0, "peak_distinct": 0.6, "chosen": 0,
+        g0 = {"kind": "global", "peak_z": 9.0, "peak_p": 1e-12, "peak_distinct": 0.6, "chosen": 0,
               "candidates": [{"support": v, "same_as_chosen": i in same} for i, v in enumerate(supports)]}
         v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0)
         return next((c for c in v["checks"] if c["name"] == "hypotheses"), None)
@@ -174,3 +174,28 @@ def test_a_rival_with_more_evidence_than_the_chosen_hypothesis_is_ambiguous():
     assert check([10.0, 2.0])["passed"]
     assert not check([0.2, 0.5])["passed"]  # the rival has more: ratio > 1
     assert check([0.2, 0.5], same=(1,)) is None  # it converged on the chosen answer: no rival
+
+
+def test_coarse_peak_p_value_is_calibrated_on_noise_and_grows_with_the_range():
+    """The coarse peak's p-value (random-field theory) is the chance that noise alone reaches the
+    peak somewhere in the range: on smooth noise about alpha of the maxima fall below alpha; a real
+    peak is far below it, and the same peak in a wider search is less significant."""
+    from scipy.ndimage import gaussian_filter
+
+    from promptmid_cli.consensus import peak_significance
+
+    rng = np.random.default_rng(0)
+    ps = []
+    for _ in range(150):
+        f = gaussian_filter(rng.standard_normal((161, 161)), 3.0)[20:-20, 20:-20]
+        iy, ix = np.unravel_index(np.argmax(f), f.shape)
+        ps.append(peak_significance(f, iy, ix, np.ones(f.shape, bool))["p"])
+    assert 0.01 <= np.mean(np.array(ps) < 0.05) <= 0.15
+    f = gaussian_filter(rng.standard_normal((161, 161)), 3.0)[20:-20, 20:-20]
+    f = f / f.std()
+    yy, xx = np.indices(f.shape)
+    f += 7.0 * np.exp(-((yy - 60) ** 2 + (xx - 60) ** 2) / 18.0)
+    whole = np.ones(f.shape, bool)
+    near = (abs(yy - 60) <= 15) & (abs(xx - 60) <= 15)
+    assert peak_significance(f, 60, 60, whole)["p"] < 1e-4
+    assert peak_significance(f, 60, 60, near)["p"] < peak_significance(f, 60, 60, whole)["p"]

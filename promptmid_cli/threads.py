@@ -1,0 +1,22 @@
+"""Work on a thread pool in order with a bounded number of results in memory."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+def bounded_map(ex, fn, items, ahead: int):
+    """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
+    everything at once, and prepared tile patches would pile up in memory (~1 GB on a whole
+    Sentinel-2 scene) faster than the correlation consumes them."""
+    pending = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(ex.submit(fn, item))
+        if len(pending) >= ahead:
+            break
+    for item in it:
+        yield pending.popleft().result()
+        pending.append(ex.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
