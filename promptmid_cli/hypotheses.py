@@ -17,6 +17,7 @@ from .fitting import Transform, identity
 from .matching import find_peaks, masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
 from .raster import apply_affine, footprint
+from .threads import both
 
 N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
 # level-0 px suppressed around a level-0 peak: closer alternatives lie inside the first tile level's
@@ -67,8 +68,9 @@ def level0(reader, backend, c0: int, max_shift: float):
     R = int(math.ceil(max_shift / (s.f_match * c0))) + 2
     P = max(R + PROBE_MARGIN, PROBE_MIN)
     m = DESC_MARGIN
-    ref_raw = reader.ref_raw(c0, col0 - m, row0 - m, w + 2 * m, h + 2 * m)
-    mov_raw = reader.mov_raw(c0, col0 - P - m, row0 - P - m, w + 2 * P + 2 * m, h + 2 * P + 2 * m, None)
+    ref_raw, mov_raw = both(lambda: reader.ref_raw(c0, col0 - m, row0 - m, w + 2 * m, h + 2 * m),
+                            lambda: reader.mov_raw(c0, col0 - P - m, row0 - P - m, w + 2 * P + 2 * m,
+                                                   h + 2 * P + 2 * m, None))
     refn, refm = reader.normalized(ref_raw, "ref")
     movn, movm = reader.normalized(mov_raw, "mov")
     if refm.sum() < 64 or movm.sum() < 64:
@@ -170,8 +172,10 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
     rc1 = min(max(rcol0 + rw, mc0 + mw + g), int(math.ceil(s.ref.width / (s.f_match * c0))))
     rr1 = min(max(rrow0 + rh, mr0 + mh + g), int(math.ceil(s.ref.height / (s.f_match * c0))))
     m = DESC_MARGIN
-    refn, refm = reader.normalized(reader.ref_raw(c0, rc0 - m, rr0 - m, rc1 - rc0 + 2 * m, rr1 - rr0 + 2 * m), "ref")
-    movn, movm = reader.normalized(reader.mov_raw(c0, mc0 - m, mr0 - m, mw + 2 * m, mh + 2 * m, None), "mov")
+    ref_raw, mov_raw = both(lambda: reader.ref_raw(c0, rc0 - m, rr0 - m, rc1 - rc0 + 2 * m, rr1 - rr0 + 2 * m),
+                            lambda: reader.mov_raw(c0, mc0 - m, mr0 - m, mw + 2 * m, mh + 2 * m, None))
+    refn, refm = reader.normalized(ref_raw, "ref")
+    movn, movm = reader.normalized(mov_raw, "mov")
     refn, refm = refn[m:-m, m:-m], refm[m:-m, m:-m]
     movn, movm = movn[m:-m, m:-m], movm[m:-m, m:-m]
     if refm.sum() < 64 or movm.sum() < 64:

@@ -1,8 +1,9 @@
-"""Work on a thread pool in order with a bounded number of results in memory."""
+"""Small thread helpers: work in order with a bounded number of results in memory; two at once."""
 
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 
 def bounded_map(ex, fn, items, ahead: int):
@@ -20,3 +21,10 @@ def bounded_map(ex, fn, items, ahead: int):
         pending.append(ex.submit(fn, item))
     while pending:
         yield pending.popleft().result()
+
+
+def both(f, g):
+    """f() and g() at once (two reads of different rasters: GDAL decodes each on its own thread)."""
+    with ThreadPoolExecutor(2) as ex:
+        a, b = ex.submit(f), ex.submit(g)
+        return a.result(), b.result()
