@@ -64,18 +64,22 @@ class PatchReader:
         self.mov_fill = _has_fill(scene.mov, opts.zero_is_nodata)
         self._whole: dict = {}  # (which, decimation) -> whole raster at that decimation, or None
         self._lock = threading.Lock()
+        self._locks: dict = {}  # one per cached (which, decimation)
 
     def _decimated(self, which: str, r: Raster, f: float):
         """The whole raster read once at decimation f (coarse levels only, see CACHE_MIN_FACTOR)."""
         if f < CACHE_MIN_FACTOR:
             return None
-        with self._lock:  # the patch-reading threads ask at once; one reads
-            if (which, f) not in self._whole:
+        key = (which, f)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # the patch-reading threads ask at once: one reads, the others wait for it
+            if key not in self._whole:  # (while the other raster may be read on another thread)
                 W, H = math.ceil(r.width / f), math.ceil(r.height / f)
                 fits = W * H * r.ds.count <= CACHE_MAX_SAMPLES and self._overlap_share(which) >= CACHE_MIN_OVERLAP
-                self._whole[(which, f)] = read_window(r, 0, 0, W, H, factor=f,
-                                                      zero_is_nodata=self.opts.zero_is_nodata) if fits else None
-            return self._whole[(which, f)]
+                self._whole[key] = read_window(r, 0, 0, W, H, factor=f,
+                                               zero_is_nodata=self.opts.zero_is_nodata) if fits else None
+            return self._whole[key]
 
     def _overlap_share(self, which: str) -> float:
         """The share of a raster's area inside the overlap: a whole read of a raster much larger than
