@@ -51,17 +51,36 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
     return f, warnings, None
 
 
+# an affine's two axes may differ in scale by at most this (singular values of its linear part):
+# georeference errors are shifts, small rotations and scale errors (the prior trusts ~2 %), and a
+# real anisotropy (a wrong range/azimuth spacing) is of that order too; a stretch beyond it is the
+# affine bending to tie points bunched in part of the overlap, which extrapolates badly elsewhere
+MAX_ANISOTROPY = 0.03
+
+
+def anisotropy(t: Transform) -> float:
+    """How much more the transform stretches one axis than the other (0: a similarity)."""
+    sv = np.linalg.svd(t.matrix[:2, :2], compute_uv=False)
+    return float(sv[0] / max(sv[1], 1e-12) - 1.0)
+
+
 def select(final: FitResult, ties: list[TieMatch], scale: float, threshold: float
            ) -> tuple[FitResult, dict | None, list[str]]:
-    """BIC model selection among translation/similarity/affine (up to the chosen kind)."""
+    """BIC model selection among translation/similarity/affine (up to the chosen kind); an affine
+    stretched beyond MAX_ANISOTROPY is not a georeference error and gives way to a similarity."""
     if final.kind not in ("similarity", "affine"):
         return final, None, []
     src, dst = _xy(ties)
     kind, bic = select_model(src[final.inliers], dst[final.inliers], scale, final.kind)
     selection = {"requested": final.kind, "selected": kind, "bic": bic}
+    reason = "(BIC)"
+    if kind == "affine" and anisotropy(final.transform) > MAX_ANISOTROPY:
+        kind, reason = "similarity", (f"(its axes differ in scale by {100 * anisotropy(final.transform):.1f} %, more "
+                                      f"than a georeference error, {100 * MAX_ANISOTROPY:g} %)")
+        selection.update(selected=kind, anisotropy=anisotropy(final.transform))
     if kind == final.kind:
         return final, selection, []
-    warning = (f"the tie points do not support the {final.kind} model better than {kind} (BIC); "
+    warning = (f"the tie points do not support the {final.kind} model better than {kind} {reason}; "
                f"using {kind} (--no-model-selection keeps {final.kind})")
     return fit_transform(kind, src, dst, scale, threshold), selection, [warning]
 

@@ -199,3 +199,25 @@ def test_coarse_peak_p_value_is_calibrated_on_noise_and_grows_with_the_range():
     near = (abs(yy - 60) <= 15) & (abs(xx - 60) <= 15)
     assert peak_significance(f, 60, 60, whole)["p"] < 1e-4
     assert peak_significance(f, 60, 60, near)["p"] < peak_significance(f, 60, 60, whole)["p"]
+
+
+def test_an_affine_stretched_beyond_a_georeference_error_gives_way_to_a_similarity():
+    """Tie points bunched in part of the overlap can bend an affine far from any georeference
+    error (8 % more scale on one axis): the model selection then keeps a similarity and says why;
+    a stretch of 1 % (a real range/azimuth spacing error) stays an affine."""
+    from promptmid_cli.fitting import fit_transform
+    from promptmid_cli.refine import anisotropy, select
+
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 2000, (40, 2))
+    for stretch, kept in ((0.08, "similarity"), (0.01, "affine")):
+        A = np.array([[1.0 + stretch, 0.0], [0.0, 1.0]])
+        mov = xy @ A.T + (20.0, -15.0) + rng.normal(0, 0.2, xy.shape)
+        ties = [_Tie(p, q - p) for p, q in zip(xy, mov)]
+        fit = fit_transform("affine", xy, mov, 10.0, 2.0)
+        assert abs(anisotropy(fit.transform) - stretch) < 0.005
+        chosen, selection, warnings = select(fit, ties, 10.0, 2.0)
+        assert chosen.kind == kept, (stretch, selection)
+        assert bool(warnings) == (kept != "affine")
+        if warnings:
+            assert "differ in scale by 8.0 %" in warnings[0]
