@@ -55,6 +55,22 @@ def _best_rival(S: np.ndarray, iy: int, ix: int, cand: np.ndarray, floor: float,
     return floor
 
 
+def _background(S: np.ndarray, iy: int, ix: int):
+    """The surface outside the peak's lobe: (valid, distance to the peak, background mask, its
+    median, its robust spread). The lobe: farther than a quarter of the window, at least 3 px
+    (2 px when that leaves too little); smoothed descriptors give broad lobes."""
+    valid = S > -1.0
+    yy, xx = np.indices(S.shape)
+    dist = np.maximum(np.abs(yy - iy), np.abs(xx - ix))
+    bg = valid & (dist > max(3, S.shape[0] // 4))
+    if bg.sum() < 16:
+        bg = valid & (dist > 2)
+    v = S[bg]
+    med = float(np.median(v)) if v.size else 0.0
+    mad = (float(np.median(np.abs(v - med))) if v.size else 0.0) * 1.4826 + 1e-4
+    return valid, dist, bg, med, mad
+
+
 def peak_evidence(S: np.ndarray, iy: int, ix: int) -> dict:
     """How much a correlation surface supports its peak at (iy, ix).
 
@@ -64,17 +80,10 @@ def peak_evidence(S: np.ndarray, iy: int, ix: int) -> dict:
     distinct: how far the peak stands above the best other local maximum more than 2 px away,
     relative to its height above the background (0: a tie, a repeated pattern; 1: no rival).
     confidence: both in one 0..1 figure."""
-    valid = S > -1.0
-    v = float(S[iy, ix])
-    yy, xx = np.indices(S.shape)
-    dist = np.maximum(np.abs(yy - iy), np.abs(xx - ix))
-    bg = S[valid & (dist > max(3, S.shape[0] // 4))]
-    if bg.size < 16:
-        bg = S[valid & (dist > 2)]
-    if bg.size < 4:
+    valid, dist, bg, med, mad = _background(S, iy, ix)
+    if bg.sum() < 4:
         return {"z": 0.0, "distinct": 0.0, "confidence": 0.0}
-    med = float(np.median(bg))
-    mad = float(np.median(np.abs(bg - med))) * 1.4826 + 1e-4
+    v = float(S[iy, ix])
     z = (v - med) / mad
     lm = (S >= maximum_filter(S, size=3, mode="constant", cval=-2.0)) & valid
     v2 = _best_rival(S, iy, ix, lm & (dist > 2), med)
@@ -92,16 +101,10 @@ def peak_significance(S: np.ndarray, iy: int, ix: int, region: np.ndarray) -> di
     smoothness holds ~500 independent places, where noise alone reaches z 3.5-4, while on a small,
     rough search z 3 is rare. The surface's own smoothness (from the variance of its gradient
     away from the peak's lobe) says how many independent places (resels) the region holds."""
-    valid = S > -1.0
-    yy, xx = np.indices(S.shape)
-    dist = np.maximum(np.abs(yy - iy), np.abs(xx - ix))
-    bg = valid & (dist > max(3, S.shape[0] // 4))
-    if bg.sum() < 16:
-        bg = valid & (dist > 2)
+    valid, _, bg, med, mad = _background(S, iy, ix)
     if bg.sum() < 16 or not region[iy, ix]:
         return {"p": 1.0, "resels": 0.0, "fwhm": 0.0}
-    med = float(np.median(S[bg]))
-    Z = (S - med) / (float(np.median(np.abs(S[bg] - med))) * 1.4826 + 1e-4)  # robust z, as peak_evidence
+    Z = (S - med) / mad  # robust z, as peak_evidence
     sd = max(float(np.std(Z[bg])), 1e-6)
     # unit-variance field: var(dZ/dx) = 4 ln 2 / FWHM^2, from neighbours both in the background
     lam = [float(np.mean(d[m] ** 2)) / sd ** 2 for d, m in

@@ -74,10 +74,11 @@ def select(final: FitResult, ties: list[TieMatch], scale: float, threshold: floa
     kind, bic = select_model(src[final.inliers], dst[final.inliers], scale, final.kind)
     selection = {"requested": final.kind, "selected": kind, "bic": bic}
     reason = "(BIC)"
-    if kind == "affine" and anisotropy(final.transform) > MAX_ANISOTROPY:
-        kind, reason = "similarity", (f"(its axes differ in scale by {100 * anisotropy(final.transform):.1f} %, more "
-                                      f"than a georeference error, {100 * MAX_ANISOTROPY:g} %)")
-        selection.update(selected=kind, anisotropy=anisotropy(final.transform))
+    stretch = anisotropy(final.transform)
+    if kind == "affine" and stretch > MAX_ANISOTROPY:
+        kind, reason = "similarity", (f"(its axes differ in scale by {100 * stretch:.1f} %, more than a "
+                                      f"georeference error, {100 * MAX_ANISOTROPY:g} %)")
+        selection.update(selected=kind, anisotropy=stretch)
     if kind == final.kind:
         return final, selection, []
     warning = (f"the tie points do not support the {final.kind} model better than {kind} {reason}; "
