@@ -16,8 +16,8 @@ from .descriptors.base import PatchPair
 from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, spread_ok
 from .matching import masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
-from .threads import bounded_map
 from .raster import apply_affine
+from .threads import bounded_map
 from .tiling import Tile
 
 GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
+
 
 def bounded_map(ex, fn, items, ahead: int):
     """Like ex.map, in order, but with at most `ahead` tasks in flight: Executor.map submits
@@ -24,7 +26,10 @@ def bounded_map(ex, fn, items, ahead: int):
 
 
 def both(f, g):
-    """f() and g() at once (two reads of different rasters: GDAL decodes each on its own thread)."""
+    """f() and g() at once (two reads of different rasters: GDAL decodes each on its own thread),
+    one after the other when this pair's thread budget is one (batch sets it through OpenCV's)."""
+    if cv2.getNumThreads() <= 1:
+        return f(), g()
     with ThreadPoolExecutor(2) as ex:
         a, b = ex.submit(f), ex.submit(g)
         return a.result(), b.result()
