@@ -24,7 +24,8 @@ Without ../shared/data/dev the OSMNet and scene sources are skipped; without the
 (offline) the BigEarthNet-v2 ones; a family with no source is reported as skipped.
 
     python bench/eval_dev.py [--family a,b,c,d,e,f,cons,scenes] [--cases N] [--seed S] [--jobs J]
-                             [--json OUT] [--keep] [--tool-repo DIR] [-- extra register args, e.g. --search full]
+                             [--json OUT] [--keep] [--tool-repo DIR] [--uncorrected]
+                             [-- extra register args, e.g. --search full]
 """
 
 from __future__ import annotations
@@ -245,7 +246,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dev", default=str(hs.DEV))
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--tool-repo", help="run promptmid_cli from this checkout (default: this repository)")
+    ap.add_argument("--uncorrected", action="store_true",
+                    help="BigEarthNet-v2 33UUP pairs as delivered, without their product offset (heldout_sim.PRODUCT_OFFSET)")
     a = ap.parse_args(argv)
+    hs.CORRECT_PRODUCTS = not a.uncorrected
     global TOOL
     TOOL = Path(a.tool_repo).resolve() if a.tool_repo else REPO
     fams = [f.strip() for f in a.family.split(",") if f.strip()]

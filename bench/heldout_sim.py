@@ -6,7 +6,8 @@ Real pairs (`sources()`), each as (optical [B, H, W], SAR dB [H, W]) on one grid
   osmnet    OSMNet patches (../shared/data/dev, 4 x 256^2, ~1 m), pre-registered.
   benv2     the 24 BigEarthNet-v2 patches of the configilm==0.7.1 wheel (10 m), stitched into every
             full rectangular block of adjacent patches (37-38 x 88-90: 240x360, 33-34 x 69-70: 240x240,
-            27 x 55-59: 120x600); the patches left over are single 120x120 pairs.
+            27 x 55-59: 120x600); the patches left over are single 120x120 pairs. Tile 33UUP's S1
+            is offset from its S2 by a constant ~1.6 px: taken around that correction (PRODUCT_OFFSET).
   bencommon the 6 bigearthnet-common patches (120x120, 10 m).
   hopc, gf2 the two georeferenced dev scenes AROUND THE CORRECTION the tool found on them (taken as
             truth, see SCENE_TRUTH): the SAR is resampled onto the optical grid with it.
@@ -172,6 +173,29 @@ def stitch_groups(keys) -> tuple[list, list]:
     return blocks, sorted(left)
 
 
+# The BigEarthNet-v2 S1 and S2 patches of tile 33UUP are offset from each other by a constant
+# amount: registered as delivered (no injected error, notes/s4/native.log, 2026-12-01), its 8
+# sources (3 stitched blocks, 5 patches; 33UUP-38-58 is cloud and exits 1) gave corrections of
+# x -0.47..-1.26 (one -3.91), y +0.73..+1.55 (one -0.95) native px, median (-0.97, +1.26): an offset
+# of the product (the 35VPK and 33UUP bigearthnet-common patches, other S1 products, have other
+# ones), not of the tool. 16 m is 2-16 px of a 1-10 m optical chip, so left in, it and not the
+# tool decides CMR@3. Like the dev scenes, these pairs are taken around that correction: the SAR is
+# shifted back by it (Lanczos, which keeps the speckle's spectrum); as delivered the two largest
+# blocks then register at (-0.27, +0.12) and (-0.05, +0.33) px. 35VNJ: snow, no patch registers as
+# delivered, so no correction is known.
+PRODUCT_OFFSET = {"33UUP": (-0.97, 1.26)}
+CORRECT_PRODUCTS = True  # eval_dev.py --uncorrected: the pairs as delivered
+
+
+def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Content moved by (dx, dy) px (+x east, +y south), borders reflected."""
+    import cv2
+
+    M = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img.astype(np.float32), M, img.shape[::-1], flags=cv2.INTER_LANCZOS4,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
 def benv2_sources() -> list[Source]:
     patches = benv2_patches()
     if not patches:
@@ -186,6 +210,10 @@ def benv2_sources() -> list[Source]:
     for t, x, y in singles:
         o, s = patches[(t, x, y)]
         out.append(Source(f"benv2-{t}-{x}-{y}", o, s, 10.0, "benv2_patch"))
+    for src in out:
+        off = PRODUCT_OFFSET.get(src.name.split("-")[1]) if CORRECT_PRODUCTS else None
+        if off:
+            src.sar_db = _shift(src.sar_db, -off[0], -off[1])  # registered as delivered, it now gives ~0
     return out
 
 
