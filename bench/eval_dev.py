@@ -17,7 +17,8 @@ Also (families "cons" and "scenes", run by default):
           delivered and with the SAR georeference moved by (+7.3, -4.6) px; the corrections at the
           centre (from the report's model) must differ by that offset: |diff - offset| (bar 0.3 px).
   scenes  hopc and gf2 as delivered, against SCENE_TRUTH (the tool's own earlier registration:
-          a regression check, not independent truth), and rift-sar-optical (no truth: exit code).
+          a regression check, not independent truth), and rift-sar-optical (its two JPEGs, no
+          georeference; no truth: exit code and correction).
 
 The dev data is read in place (never copied into the repo); temporary cases go to a temp folder.
 Without ../shared/data/dev the OSMNet and scene sources are skipped; without the configilm wheel
@@ -159,7 +160,6 @@ def run_consistency(root, extra, pool, timeout) -> list[dict]:
 
 
 def run_scenes(root, extra, pool, timeout, dev) -> list[dict]:
-    import cv2
     import rasterio
     from affine import Affine
 
@@ -178,17 +178,8 @@ def run_scenes(root, extra, pool, timeout, dev) -> list[dict]:
             jobs.append((name, po, ps, truth, to, shape))
     rift = dev / "rift-sar-optical"
     if (rift / "pair2_optical.jpg").is_file() and (rift / "pair1_sar.jpg").is_file():
-        w = Path(root) / "rift"
-        w.mkdir(parents=True, exist_ok=True)
-        t = Affine(1.0, 0.0, 400000.0, 0.0, -1.0, 5000000.0)  # identical pixel georeference for both
-        paths = []
-        for src, nm in ((rift / "pair2_optical.jpg", "optical.tif"), (rift / "pair1_sar.jpg", "sar.tif")):
-            img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
-            with rasterio.open(w / nm, "w", driver="GTiff", width=img.shape[1], height=img.shape[0], count=1,
-                               dtype="uint8", crs="EPSG:32633", transform=t) as dst:
-                dst.write(img[None])
-            paths.append(w / nm)
-        jobs.append(("rift", paths[0], paths[1], None, t, None))
+        # as delivered: two JPEGs without georeference (pixel frames), as a user would give them
+        jobs.append(("rift", rift / "pair2_optical.jpg", rift / "pair1_sar.jpg", None, None, None))
 
     def one(j):
         name, po, ps, truth, to, shape = j

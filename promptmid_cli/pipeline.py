@@ -406,7 +406,8 @@ def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector
     final, warns, failure = decide(fit, ties, opts.model, opts.min_inliers, scene.ref_res, opts.threshold)
     selection = None
     if final is not None and opts.model_selection:
-        final, selection, w = select(final, ties, scene.ref_res, opts.threshold)
+        final, selection, w = select(final, ties, scene.ref_res, opts.threshold,
+                                     georeferenced=scene.ref.georeferenced and scene.mov.georeferenced)
         warns += w
     if final is not None and m.final_level is not None and final.kind != "tps":
         final, ties = refine(m.level, m.final_level, final, ties, opts, scene.ref_res)

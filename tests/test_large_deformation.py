@@ -85,3 +85,25 @@ def test_ungeoreferenced_reference_with_a_georeferenced_moving_image_says_how(tm
     pair = make_pair(tmp_path, size=200, seed=6)
     res, _ = register(tmp_path / "opt.png", pair.sar, tmp_path / "out.tif", expect=2)
     assert "--moving" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ungeoreferenced_pair_keeps_an_anisotropic_affine(tmp_path):
+    """Two PNGs whose pixel spacings differ by 5 % along one axis (a scan, a paper's figure): without a
+    georeference nothing bounds the anisotropy, so the model selection keeps the affine (between
+    georeferenced rasters the same stretch would be read as an affine bent to bunched tie points)."""
+    opt, sar, _ = landscape(260, seed=4)
+    n = 220
+    cv2.imwrite(str(tmp_path / "opt.png"), (np.clip(opt[:n, :n], 0, 1) * 255).astype(np.uint8))
+    M = np.array([[1.05, 0.0, -4.0], [0.0, 1.0, 3.0]])  # SAR pixel = M applied to the optical one
+    s_db = 10 * np.log10(np.maximum(sar[:n, :n], 1e-3))
+    s8 = ((s_db - s_db.min()) / np.ptp(s_db) * 250 + 3).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "sar.png"), cv2.warpAffine(s8, M, (n, n), flags=cv2.INTER_LINEAR, borderValue=0))
+    out = tmp_path / "out.tif"
+    _, rep = register(tmp_path / "opt.png", tmp_path / "sar.png", out)
+    assert rep["model"]["kind"] == "affine", rep.get("model_selection")
+    _, _, a = read_points(out.with_suffix(".points"))
+    a = a[a[:, 4] > 0]
+    oc, orow = a[:, 0] - 0.5, -a[:, 1] - 0.5
+    sc, srow = a[:, 2] - 0.5, -a[:, 3] - 0.5
+    pred = M @ np.stack([oc, orow, np.ones(len(a))])
+    assert np.median(np.hypot(pred[0] - sc, pred[1] - srow)) < 1.0

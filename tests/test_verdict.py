@@ -204,7 +204,8 @@ def test_coarse_peak_p_value_is_calibrated_on_noise_and_grows_with_the_range():
 def test_an_affine_stretched_beyond_a_georeference_error_gives_way_to_a_similarity():
     """Tie points bunched in part of the overlap can bend an affine far from any georeference
     error (8 % more scale on one axis): the model selection then keeps a similarity and says why;
-    a stretch of 1 % (a real range/azimuth spacing error) stays an affine."""
+    a stretch of 1 % (a real range/azimuth spacing error) stays an affine, and so does any stretch
+    between rasters in their pixel frames."""
     from promptmid_cli.fitting import fit_transform
     from promptmid_cli.refine import anisotropy, select
 
@@ -221,3 +222,6 @@ def test_an_affine_stretched_beyond_a_georeference_error_gives_way_to_a_similari
         assert bool(warnings) == (kept != "affine")
         if warnings:
             assert "differ in scale by 8.0 %" in warnings[0]
+            # without a georeference (pixel frames) nothing bounds the pixel spacings: the affine stays
+            chosen, selection, warnings = select(fit, ties, 10.0, 2.0, georeferenced=False)
+            assert chosen.kind == "affine" and not warnings, selection
