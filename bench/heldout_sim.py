@@ -174,7 +174,7 @@ def stitch_groups(keys) -> tuple[list, list]:
 
 
 # The BigEarthNet-v2 S1 and S2 patches of tile 33UUP are offset from each other by a constant
-# amount: registered as delivered (no injected error, notes/s4/native.log, 2026-12-01), its 8
+# amount: registered as delivered (no injected error, default options, 2026-12-01), its 8
 # sources (3 stitched blocks, 5 patches; 33UUP-38-58 is cloud and exits 1) gave corrections of
 # x -0.47..-1.26 (one -3.91), y +0.73..+1.55 (one -0.95) native px, median (-0.97, +1.26): an offset
 # of the product (the 35VPK and 33UUP bigearthnet-common patches, other S1 products, have other

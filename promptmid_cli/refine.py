@@ -54,11 +54,11 @@ def decide(fit: FitResult | None, ties: list[TieMatch], requested: str, min_inli
 # an affine's two axes may differ in scale by at most this (singular values of its linear part):
 # georeference errors are shifts, small rotations and scale errors (the prior trusts ~2 %), and a
 # real anisotropy (a wrong range/azimuth spacing) is of that order too; a stretch beyond it is the
-# affine bending to tie points bunched in part of the overlap, which extrapolates badly elsewhere
+# affine bending to tie points bunched in part of the overlap, which extrapolates badly elsewhere.
+# Only a georeference bounds it: in pixel frames (a raster without georeference, on one side or
+# both: a pair from a paper, a drone, a scan) the pixel spacings may differ by any amount (the rift
+# pair: 3.1 %, 121 of 121 templates as an affine, whose two halves agree to 0.07 px)
 MAX_ANISOTROPY = 0.03
-# Only a georeference bounds the anisotropy: between rasters in their pixel frames (no georeference
-# on either side: a pair from a paper, a drone, a scan) the pixel spacings may differ by any amount
-# (the rift pair: 3.1 %, 121 of 121 templates as an affine, whose two halves agree to 0.07 px).
 
 
 def anisotropy(t: Transform) -> float:
