@@ -28,15 +28,11 @@ from .patches import PatchReader
 from .raster import Raster, apply_affine, footprint, place_over
 from .refine import decide, refine, select
 from .tiling import auto_template_size, template_layout
-from .verdict import MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate
+from .verdict import HYPOTHESIS_MARGIN, MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate
 
 COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
-# an alternative hypothesis must beat the strongest level-0 peak by this much tile evidence (summed
-# inlier confidence, TileLevel.evidence: about one and a half clear tie points more); smaller
-# differences are noise and the strongest peak keeps its claim
-HYPOTHESIS_MARGIN = 1.5
 COARSE_TEMPLATES = 64  # templates per coarse tile level
 
 

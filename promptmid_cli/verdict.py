@@ -21,6 +21,8 @@ lower the score. Why each can catch a wrong answer:
 - halves: two interleaved halves of the inliers, fitted separately, give the same geometry.
 - search_edge: the answer is not on (or beyond) the border of --max-shift: the truth may lie beyond.
 - hypotheses: no other coarse hypothesis was supported almost as well (ambiguity).
+- coarse_rival: a coarse peak about as high as the winner's (a periodic scene's next period) is
+  beaten at the first tile level by more than the noise of the evidence.
 The significance limits grow with the number of rotation/scale hypotheses tried: searching more
 places raises the chance that noise alone produces a good-looking peak somewhere.
 """
@@ -59,6 +61,15 @@ MIN_SEARCH_DISTINCT = 0.05  # full search: the best hypothesis above the next di
 EVIDENCE_PER_BOOST = 2.0
 HALVES_LIMIT_PX = 1.5
 MAX_RIVAL_SUPPORT = 0.75  # best rival hypothesis' evidence (summed inlier confidence) / the chosen one's
+# an alternative hypothesis must beat the strongest level-0 peak by this much tile evidence (summed
+# inlier confidence, TileLevel.evidence: about one and a half clear tie points more); smaller
+# differences are noise and the strongest peak keeps its claim
+HYPOTHESIS_MARGIN = 1.5
+# level-0 peaks within 10 % of each other's rank: the coarse correlation cannot tell them apart (a
+# periodic scene: the next period; a runway's ridge), so the tile level must, by more than the noise
+# of its evidence (HYPOTHESIS_MARGIN). A periodic airport crop (seed 2 of family e) locked 29 px off
+# with ranks 0.196 / 0.187 and evidence 1.63 / 0.22, and the ratio check above passed it
+COARSE_TIE = 0.9
 
 
 def _chosen(g0: dict | None) -> dict | None:
@@ -203,6 +214,14 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
         checks.append(_check("hypotheses", ratio, MAX_RIVAL_SUPPORT, ratio <= MAX_RIVAL_SUPPORT,
                              f"evidence (summed inlier confidence) of the runner-up coarse hypothesis relative to the winner's "
                              f"({len(rivals) + 1} tried)"))
+        close = [c for c in rivals if not full_search and c.get("rank") is not None
+                 and chosen.get("rank") is not None and c["rank"] >= COARSE_TIE * chosen["rank"]]
+        if close:
+            margin = float(chosen["support"]) - max(c["support"] for c in close)
+            checks.append(_check("coarse_rival", margin, HYPOTHESIS_MARGIN, margin >= HYPOTHESIS_MARGIN,
+                                 f"a coarse peak ranked within {100 * (1 - COARSE_TIE):.0f} % of the winner's "
+                                 "(the coarse correlation cannot tell them apart) is beaten at the first tile level "
+                                 "by this much evidence (summed inlier confidence)"))
     failed = [c for c in checks if not c["passed"] and c["critical"]]
     passed_share = sum(c["passed"] for c in checks) / max(1, len(checks))
     score = round(0.5 * passed_share + 0.5 * med_conf, 3)

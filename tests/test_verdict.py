@@ -225,3 +225,28 @@ def test_an_affine_stretched_beyond_a_georeference_error_gives_way_to_a_similari
             # without a georeference (pixel frames) nothing bounds the pixel spacings: the affine stays
             chosen, selection, warnings = select(fit, ties, 10.0, 2.0, georeferenced=False)
             assert chosen.kind == "affine" and not warnings, selection
+
+
+def test_a_coarse_rival_as_high_as_the_winner_must_be_beaten_clearly():
+    """Two level-0 peaks within 10 % of each other (a periodic scene's next period): the coarse
+    correlation cannot choose, so the first tile level must, by more than the noise of its evidence.
+    A rival well below the winner at level 0 needs no such margin."""
+    from promptmid_cli.verdict import HYPOTHESIS_MARGIN
+
+    xy = np.random.default_rng(7).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    win = np.c_[[0, 500], [0, 500]]
+
+    def verdict(ranks, supports):
+        g0 = {"kind": "global", "peak_z": 9.0, "peak_p": 1e-12, "peak_distinct": 0.6, "chosen": 0,
+              "candidates": [{"rank": r, "support": v} for r, v in zip(ranks, supports)]}
+        v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0)
+        return next((c for c in v["checks"] if c["name"] == "coarse_rival"), None), v
+
+    tied, v = verdict([0.196, 0.187], [1.63, 0.22])  # the airport crop locked one period off
+    assert not tied["passed"] and tied["critical"] and v["level"] == "weak"
+    assert tied["value"] < HYPOTHESIS_MARGIN
+    clear, v = verdict([0.196, 0.187], [6.0, 0.22])
+    assert clear["passed"] and v["level"] == "strong"
+    far, v = verdict([0.30, 0.20], [1.63, 0.22])
+    assert far is None and v["level"] == "strong"
