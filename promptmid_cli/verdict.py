@@ -214,8 +214,8 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
         checks.append(_check("hypotheses", ratio, MAX_RIVAL_SUPPORT, ratio <= MAX_RIVAL_SUPPORT,
                              f"evidence (summed inlier confidence) of the runner-up coarse hypothesis relative to the winner's "
                              f"({len(rivals) + 1} tried)"))
-        close = [c for c in rivals if not full_search and c.get("rank") is not None
-                 and chosen.get("rank") is not None and c["rank"] >= COARSE_TIE * chosen["rank"]]
+        close = [] if full_search or chosen.get("rank") is None else \
+            [c for c in rivals if c.get("rank") is not None and c["rank"] >= COARSE_TIE * chosen["rank"]]
         if close:
             margin = float(chosen["support"]) - max(c["support"] for c in close)
             checks.append(_check("coarse_rival", margin, HYPOTHESIS_MARGIN, margin >= HYPOTHESIS_MARGIN,
