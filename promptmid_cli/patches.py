@@ -46,6 +46,30 @@ def _has_fill(r: Raster, zero_is_nodata: bool) -> bool:
     return zero_is_nodata and r.ds.nodata is None and np.issubdtype(dt, np.integer)
 
 
+def _divides(b: float, f: float) -> bool:
+    q = f / b
+    return float(b).is_integer() and float(f).is_integer() and abs(q - round(q)) < 1e-9
+
+
+def block_means(a: np.ndarray, q: int, w_cells: float, h_cells: float) -> np.ndarray:
+    """[bands, H, W] grid at decimation b -> the grid at decimation q*b: NaN-aware means of q x q
+    blocks, ceil(W / q) x ceil(H / q) cells. Like read_window's decimated read, a cell that is only
+    partly inside the raster (index >= floor of the raster's size in cells, w_cells/h_cells) is NaN."""
+    B, H, W = a.shape
+    Ho, Wo = math.ceil(H / q), math.ceil(W / q)
+    pad = np.full((B, Ho * q, Wo * q), np.nan, np.float32)
+    pad[:, :H, :W] = a
+    blocks = pad.reshape(B, Ho, q, Wo, q)
+    ok = np.isfinite(blocks)
+    n = ok.sum(axis=(2, 4))
+    s = np.where(ok, blocks, 0.0).sum(axis=(2, 4), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(n > 0, s / np.maximum(n, 1), np.nan).astype(np.float32)
+    out[:, math.floor(h_cells + 1e-9):, :] = np.nan
+    out[:, :, math.floor(w_cells + 1e-9):] = np.nan
+    return out
+
+
 def erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
     """Shrink a validity mask so pixels whose descriptor saw nodata are not compared."""
     if mask.all():
@@ -65,9 +89,22 @@ class PatchReader:
         self._whole: dict = {}  # (which, decimation) -> whole raster at that decimation, or None
         self._lock = threading.Lock()
         self._locks: dict = {}  # one per cached (which, decimation)
+        self._levels: list[float] = []  # level factors the run will read (plan)
+        self._mov_base: float | None = None  # the moving raster's finest cached decimation, once known
 
-    def _decimated(self, which: str, r: Raster, f: float):
-        """The whole raster read once at decimation f (coarse levels only, see CACHE_MIN_FACTOR)."""
+    def plan(self, factors) -> None:
+        """The level factors the run will read, coarse to fine. Every whole-raster read decodes the
+        whole file (most of a coarse level's cost on a large scene): with a plan, the finest cached
+        decimation is read once and the coarser grids are its block means."""
+        self._levels = sorted({float(c) for c in factors}, reverse=True)
+
+    def _fits(self, which: str, r: Raster, f: float) -> bool:
+        W, H = math.ceil(r.width / f), math.ceil(r.height / f)
+        return W * H * r.ds.count <= CACHE_MAX_SAMPLES and self._overlap_share(which) >= CACHE_MIN_OVERLAP
+
+    def _decimated(self, which: str, r: Raster, f: float, base: float | None = None):
+        """The whole raster at decimation f (coarse levels only, see CACHE_MIN_FACTOR): read once,
+        or, when `base` (a finer decimation dividing f) is given, block means of the base grid."""
         if f < CACHE_MIN_FACTOR:
             return None
         key = (which, f)
@@ -75,11 +112,40 @@ class PatchReader:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # the patch-reading threads ask at once: one reads, the others wait for it
             if key not in self._whole:  # (while the other raster may be read on another thread)
-                W, H = math.ceil(r.width / f), math.ceil(r.height / f)
-                fits = W * H * r.ds.count <= CACHE_MAX_SAMPLES and self._overlap_share(which) >= CACHE_MIN_OVERLAP
-                self._whole[key] = read_window(r, 0, 0, W, H, factor=f,
-                                               zero_is_nodata=self.opts.zero_is_nodata) if fits else None
+                whole = None
+                if self._fits(which, r, f):
+                    src = self._decimated(which, r, base) if base is not None and base < f else None
+                    whole = block_means(src, round(f / base), r.width / f, r.height / f) if src is not None else \
+                        read_window(r, 0, 0, math.ceil(r.width / f), math.ceil(r.height / f), factor=f,
+                                    zero_is_nodata=self.opts.zero_is_nodata)
+                self._whole[key] = whole
             return self._whole[key]
+
+    def _ref_base(self, f: float) -> float | None:
+        """The finest planned reference decimation >= CACHE_MIN_FACTOR that divides f, if cached."""
+        fm = self.s.f_match
+        for c in reversed(self._levels):
+            b = fm * c
+            if CACHE_MIN_FACTOR <= b < f and _divides(b, f) and self._fits("ref", self.s.ref, b):
+                return b
+        return None
+
+    def _mov_source(self, kf: float, c: float):
+        """source(kf) of resample_moving: (whole moving raster, decimation k <= kf) or None.
+        With a plan, k is a multiple of the decimation the finest cached level will use (the same
+        ground spacing ratio), so that level's single read serves every coarser one."""
+        r = self.s.mov
+        if self._mov_base is None and self._levels:
+            finer = [lv for lv in self._levels if lv <= c]
+            kb = [math.floor(kf * lv / c) for lv in finer]
+            kb = [k for k in kb if k >= CACHE_MIN_FACTOR and self._fits("mov", r, float(k))]
+            self._mov_base = float(min(kb)) if kb else 0.0
+        k = max(1, math.floor(kf))
+        b = self._mov_base or None
+        if b is not None and k >= b:
+            k = int(k // b * b)
+        whole = self._decimated("mov", r, float(k), base=b if b is not None and k > b else None)
+        return None if whole is None else (whole, k)
 
     def _overlap_share(self, which: str) -> float:
         """The share of a raster's area inside the overlap: a whole read of a raster much larger than
@@ -92,7 +158,7 @@ class PatchReader:
 
     def ref_raw(self, c, col0, row0, w, h):
         f = self.s.f_match * c
-        whole = self._decimated("ref", self.s.ref, f)
+        whole = self._decimated("ref", self.s.ref, f, base=self._ref_base(f))
         if whole is not None:
             a = window_of(whole, col0, row0, w, h)
         else:
@@ -104,7 +170,7 @@ class PatchReader:
     def mov_raw(self, c, col0, row0, w, h, model):
         a = resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
                             point_map=model, zero_is_nodata=self.opts.zero_is_nodata,
-                            source=lambda k: self._decimated("mov", self.s.mov, float(k)))
+                            source=lambda kf: self._mov_source(kf, c))
         if self.mov_fill:
             a[:, fill_mask(a)] = np.nan
         return a

@@ -192,6 +192,7 @@ class Matcher:
             factors = [c0]
             while factors[-1] > 1:
                 factors.append(max(1, factors[-1] // 4))
+            self.reader.plan(factors)
             candidates, ginfo, self.validity = search_hypotheses(self.reader, self.backend, c0, o.max_rotation,
                                                                  o.scale_range)
             rec = ginfo.get("search_record", {})
@@ -200,6 +201,7 @@ class Matcher:
         else:
             factors = self.factors()
             c0 = factors[0]
+            self.reader.plan(factors)
             candidates, ginfo, self.validity = level0(self.reader, self.backend, c0, o.max_shift)
         self.levels.append(ginfo)
         model = candidates[0]

@@ -319,8 +319,9 @@ def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col
 
     When the source is much finer than the target grid, the source window is read decimated
     (average) first, so matching at a coarse grid neither aliases nor reads full resolution.
-    `source(k)`, if given, may return the whole raster already read at decimation k (the same
-    pixels a windowed read gives), so many windows of a coarse level share one read.
+    `source(kf)`, if given, may return (the whole raster already decimated by k, k) for an integer
+    k <= kf (the largest decimation that does not alias), so many windows of a coarse level share
+    one read; None: the window is read directly at floor(kf).
     """
     bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
     mx, my = source_pixel_maps(grid_transform, col0, row0, w, h, point_map,
@@ -329,11 +330,13 @@ def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col
     finite = np.isfinite(mx) & np.isfinite(my)
     if not finite.any():
         return out
-    k = 1
+    kf = 1.0
     if decimate and w > 1 and h > 1:
         dx = np.hypot(np.diff(mx, axis=1).mean(), np.diff(my, axis=1).mean())
         dy = np.hypot(np.diff(mx, axis=0).mean(), np.diff(my, axis=0).mean())
-        k = max(1, int(math.floor(min(dx, dy) / 1.25)))
+        kf = float(min(dx, dy) / 1.25)
+    got = source(kf) if source is not None and kf >= 1 else None
+    whole, k = got if got is not None else (None, max(1, int(math.floor(kf))))
     margin = 4
     x0 = math.floor(np.nanmin(mx[finite]) / k) - margin
     y0 = math.floor(np.nanmin(my[finite]) / k) - margin
@@ -345,7 +348,6 @@ def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col
         return out
     if (x1c - x0c) > 30000 or (y1c - y0c) > 30000:
         raise BadInput("a window of the moving raster exceeds 30000 px; use a smaller --tile-size")
-    whole = source(k) if source is not None else None
     if whole is not None:
         src = window_of(whole, x0c, y0c, x1c - x0c, y1c - y0c)
     else:

@@ -298,7 +298,7 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
     sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
     cached = patches.PatchReader(sc, o)
     direct = patches.PatchReader(sc, o)
-    monkeypatch.setattr(direct, "_decimated", lambda *a: None)
+    monkeypatch.setattr(direct, "_decimated", lambda *a, **k: None)
     for c in (4, 8):
         L = 320 // c  # the optical at level c
         for col0, row0, n in [(0, 0, L // 2), (-5, L // 4, L // 2), (L // 2, L // 3, L // 2 + 10)]:
@@ -307,6 +307,71 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
                 assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
                 np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
     assert sum(v is not None for v in cached._whole.values()) >= 3  # the one-read path was taken
+
+
+def test_planned_levels_decode_each_raster_once(tmp_path, monkeypatch):
+    """With the run's levels planned, the coarser whole-raster grids are block means of the finest
+    one (issue #12: every whole read decodes the whole file): one read per raster, and the windows
+    stay close to direct decimated reads (the moving raster's decimation may snap to a multiple)."""
+    import promptmid_cli.patches as patches
+    from promptmid_cli.config import MatchOptions
+    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.synthetic import make_pair
+
+    pair = make_pair(tmp_path, size=320, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=560)
+    o = MatchOptions()
+    sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
+    whole_reads = []
+    real = patches.read_window
+
+    def counting(r, col0, row0, w, h, factor=1.0, **kw):
+        if factor >= patches.CACHE_MIN_FACTOR and col0 == 0 and row0 == 0:
+            whole_reads.append(factor)
+        return real(r, col0, row0, w, h, factor=factor, **kw)
+
+    monkeypatch.setattr(patches, "read_window", counting)
+    planned = patches.PatchReader(sc, o)
+    planned.plan([16, 4, 1])
+    direct = patches.PatchReader(sc, o)
+    monkeypatch.setattr(direct, "_decimated", lambda *a, **k: None)
+    for c in (16, 4):
+        L = 320 // c
+        n = L // 2
+        a, b = planned.ref_raw(c, L // 4, L // 4, n, n), direct.ref_raw(c, L // 4, L // 4, n, n)
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isfinite(a).mean() > 0.9
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=1.0)  # GDAL rounds uint16 means
+        # the moving raster's decimation snaps to a multiple of the finest level's: compare with
+        # GDAL's own average at the decimation used
+        a = planned.mov_raw(c, L // 4, L // 4, n, n, None)
+        k = max(key[1] for key in planned._whole if key[0] == "mov") if c == 16 else planned._mov_base
+        W, H = math.ceil(sc.mov.width / k), math.ceil(sc.mov.height / k)
+        gdal = real(sc.mov, 0, 0, W, H, factor=k)
+        b = resample_moving(sc.mov, sc.level_transform(c), sc.ref.crs, L // 4, L // 4, n, n,
+                            source=lambda kf: (gdal, int(k)))
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isfinite(a).mean() > 0.9
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-4, atol=1e-4)
+    assert planned._mov_base == 5.0 and ("mov", 20.0) in planned._whole  # 16 x 10/6/1.25 = 21.3 -> 20
+    assert len(whole_reads) == 2, whole_reads  # the x4 grid of each raster, nothing else whole
+
+
+def test_block_means_match_a_decimated_read(tmp_path, opened):
+    """block_means of a grid read at decimation 2 equals GDAL's average at 4 where no data is
+    missing, and NaN where read_window leaves a cell that is only partly inside the raster."""
+    from promptmid_cli.patches import block_means
+
+    rng = np.random.default_rng(3)
+    data = rng.uniform(0, 1000, (1, 50, 38)).astype(np.float32)
+    p = tmp_path / "g.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=38, height=50, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0)) as ds:
+        ds.write(data)
+    r = opened(p)
+    fine = read_window(r, 0, 0, 19, 25, factor=2.0)
+    coarse = read_window(r, 0, 0, 10, 13, factor=4.0)
+    got = block_means(fine, 2, 38 / 4, 50 / 4)
+    assert got.shape == coarse.shape
+    assert np.array_equal(np.isnan(got), np.isnan(coarse))
+    np.testing.assert_allclose(got[~np.isnan(got)], coarse[~np.isnan(coarse)], rtol=1e-5)
 
 
 def test_a_raster_much_larger_than_the_overlap_is_read_by_windows(tmp_path):

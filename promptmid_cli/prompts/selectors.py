@@ -112,7 +112,7 @@ def _box(a: np.ndarray, k: int) -> np.ndarray:
     return uniform_filter(a, size=k, mode="nearest")
 
 
-def reflectance_scale(values: np.ndarray, has_nir: bool) -> float | None:
+def reflectance_scale(values: np.ndarray, has_nir: bool, p99: float | None = None) -> float | None:
     """The divisor that turns raw optical values into reflectance, or None when it is unknown.
 
     Absolute brightness is only meaningful on a reflectance scale. Values whose 99th percentile
@@ -122,7 +122,8 @@ def reflectance_scale(values: np.ndarray, has_nir: bool) -> float | None:
     numbers such as a GaoFen-2 panchromatic band -- has an arbitrary scale: the selector then
     uses only scale-free optical statistics (contrast, edge density, band ratios).
     """
-    p99 = float(np.percentile(values, 99)) if values.size else 1.0
+    if p99 is None:  # (the caller may have it: one partition for several quantiles)
+        p99 = float(np.percentile(values, 99)) if values.size else 1.0
     if p99 <= 1.5:
         return 1.0
     if has_nir and 255.0 < p99 <= 20000.0:
@@ -219,11 +220,12 @@ def tile_features(tile: TileImages, nir_band: int | None = None) -> dict[str, fl
         vis_idx = [b for b in range(nb) if b != nir] or list(range(nb))
         inten = opt[vis_idx].mean(axis=0)
         vals = inten[opt_ok]
-        scale = tile.optical_scale or reflectance_scale(vals, nir is not None and nir > 0)
-        med = float(np.median(vals))
+        med, p99 = (float(q) for q in np.percentile(vals, [50, 99]))  # one partition for both
+        scale = tile.optical_scale or reflectance_scale(vals, nir is not None and nir > 0, p99)
         if scale:
             f["brightness"] = math.log10(max(med / scale, 1e-4))
-        unit = float(np.percentile(np.abs(vals), 99)) or 1.0  # guards divisions, any scale
+        # guards divisions, any scale
+        unit = (p99 if vals.min() >= 0 else float(np.percentile(np.abs(vals), 99))) or 1.0
         mean = float(vals.mean())
         f["opt_cv"] = float(vals.std() / max(abs(mean), 1e-6 * unit))
         filled = np.where(opt_ok, inten, med)
