@@ -508,8 +508,8 @@ def build_case(family: str, i: int, seed: int, root) -> Case | None:
                 args, params)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from eval_dev import main
+if __name__ == "__main__":  # the same as bench/eval_dev.py (which imports this module: no import back)
+    import runpy
 
-    sys.exit(main())
+    sys.argv[0] = str(Path(__file__).with_name("eval_dev.py"))
+    runpy.run_path(sys.argv[0], run_name="__main__")

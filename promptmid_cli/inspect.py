@@ -138,7 +138,8 @@ def _coarse_estimate(ref, mov, rm, mm, opts, descriptor: str, device: str | None
     """Register's level 0 only: the strongest translation of the whole overlap, as the correction
     at the overlap centre (moving georeference minus truth), plus the other hypotheses."""
     from .descriptors import get_backend
-    from .pipeline import Matcher, build_scene
+    from .pipeline import Matcher
+    from .scene import build_scene
     from .raster import apply_affine
 
     scene = build_scene(ref, mov, rm, mm, opts)

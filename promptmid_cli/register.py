@@ -172,7 +172,8 @@ def _tile_map(scene, res) -> list:
 def _register(cfg: RegisterConfig, progress=None) -> dict:
     t_start = time.perf_counter()
     paths = _validate.validate_register(cfg)  # everything that can be known before any work
-    from .pipeline import build_scene, run_matching  # heavy (torch): only once the inputs are known good
+    from .pipeline import run_matching  # heavy (torch): only once the inputs are known good
+    from .scene import build_scene
 
     driver = _validate.output_driver(cfg) if cfg.write_raster else None
     co = _validate.parse_co(cfg.co)

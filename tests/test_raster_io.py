@@ -290,7 +290,7 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
     must be those of a windowed decimated read, NaN outside included, for both images."""
     import promptmid_cli.patches as patches
     from promptmid_cli.config import MatchOptions
-    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.scene import build_scene
     from promptmid_cli.synthetic import make_pair
 
     pair = make_pair(tmp_path, size=320, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=560)
@@ -315,7 +315,7 @@ def test_planned_levels_decode_each_raster_once(tmp_path, monkeypatch):
     stay close to direct decimated reads (the moving raster's decimation may snap to a multiple)."""
     import promptmid_cli.patches as patches
     from promptmid_cli.config import MatchOptions
-    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.scene import build_scene
     from promptmid_cli.synthetic import make_pair
 
     pair = make_pair(tmp_path, size=320, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=560)
@@ -379,7 +379,7 @@ def test_a_raster_much_larger_than_the_overlap_is_read_by_windows(tmp_path):
     template windows together read less, so they are read directly."""
     import promptmid_cli.patches as patches
     from promptmid_cli.config import MatchOptions
-    from promptmid_cli.pipeline import build_scene
+    from promptmid_cli.scene import build_scene
     from promptmid_cli.synthetic import make_pair
 
     pair = make_pair(tmp_path, size=320, seed=4, sar_size=100)
