@@ -122,7 +122,8 @@ class PatchReader:
             return self._whole[key]
 
     def _ref_base(self, f: float) -> float | None:
-        """The finest planned reference decimation >= CACHE_MIN_FACTOR that divides f, if cached."""
+        """The finest planned reference decimation >= CACHE_MIN_FACTOR that divides f and whose whole
+        grid is kept (see _fits), or None."""
         fm = self.s.f_match
         for c in reversed(self._levels):
             b = fm * c
@@ -135,11 +136,11 @@ class PatchReader:
         With a plan, k is a multiple of the decimation the finest cached level will use (the same
         ground spacing ratio), so that level's single read serves every coarser one."""
         r = self.s.mov
-        if self._mov_base is None and self._levels:
-            finer = [lv for lv in self._levels if lv <= c]
-            kb = [math.floor(kf * lv / c) for lv in finer]
-            kb = [k for k in kb if k >= CACHE_MIN_FACTOR and self._fits("mov", r, float(k))]
-            self._mov_base = float(min(kb)) if kb else 0.0
+        with self._lock:  # fixed once, by the first request (level 0), for the whole run
+            if self._mov_base is None and self._levels:
+                kb = [math.floor(kf * lv / c) for lv in self._levels if lv <= c]
+                kb = [k for k in kb if k >= CACHE_MIN_FACTOR and self._fits("mov", r, float(k))]
+                self._mov_base = float(min(kb)) if kb else 0.0
         k = max(1, math.floor(kf))
         b = self._mov_base or None
         if b is not None and k >= b:
