@@ -159,7 +159,7 @@ class PatchReader:
 
     def ref_raw(self, c, col0, row0, w, h):
         f = self.s.f_match * c
-        whole = self._decimated("ref", self.s.ref, f, base=self._ref_base(f))
+        whole = self._decimated("ref", self.s.ref, f, base=self._ref_base(f)) if f >= CACHE_MIN_FACTOR else None
         if whole is not None:
             a = window_of(whole, col0, row0, w, h)
         else:

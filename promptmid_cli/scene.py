@@ -39,7 +39,6 @@ class Scene:
         return col0, row0, col1 - col0, row1 - row0
 
 
-
 def _modality_domain(r: Raster, modality: str, sar_domain: str) -> str:
     if modality != "sar":
         return "optical"
