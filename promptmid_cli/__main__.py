@@ -17,7 +17,33 @@ def main():
         code = getattr(e, "exit_code", 130)  # 143 for atomic.Terminated
         sys.stderr.write(f"promptmid: {'terminated' if code == 143 else 'interrupted'}\n")
         sys.exit(code)
-    cli_main()
+    try:
+        cli_main()
+        code = 0
+    except SystemExit as e:  # the command line always ends here (click's standalone mode)
+        code = e.code
+    _exit(code)
+
+
+def _exit(code) -> None:
+    """Leave without the interpreter's module teardown, which takes ~0.9 s once torch and scipy are
+    imported and does nothing for the user: by now every output is written and closed (renamed into
+    place, or removed on failure). atexit handlers still run and the standard streams are flushed."""
+    import atexit
+    import os
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more can reach it
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

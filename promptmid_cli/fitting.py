@@ -11,10 +11,13 @@ estimators well conditioned and makes thresholds and residuals read in reference
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from scipy.interpolate import RBFInterpolator
+
+if TYPE_CHECKING:  # scipy.interpolate takes ~0.5 s to import and only the thin-plate spline needs it
+    from scipy.interpolate import RBFInterpolator
 
 MODELS = ("translation", "similarity", "affine", "homography", "poly2", "tps")
 MIN_POINTS = {"translation": 2, "similarity": 3, "affine": 4, "homography": 6, "poly2": 8, "tps": 10}
@@ -118,6 +121,8 @@ def _lsq(kind: str, p: np.ndarray, q: np.ndarray):
         coef = np.linalg.lstsq(_poly2_terms(p), q, rcond=None)[0]
         return None, coef, None
     if kind == "tps":
+        from scipy.interpolate import RBFInterpolator
+
         # smoothing in normalised units (pixels^2-ish): keeps the spline from chasing match noise
         rbf = RBFInterpolator(p, q - p, kernel="thin_plate_spline", smoothing=float(len(p)) * 0.5)
         return None, None, rbf

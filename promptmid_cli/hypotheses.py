@@ -16,7 +16,8 @@ from .errors import RegistrationFailed
 from .fitting import Transform, identity
 from .matching import find_peaks, masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
-from .raster import apply_affine, footprint
+from .pyramid import mov_box
+from .raster import apply_affine
 from .threads import both
 
 N_HYPOTHESES = 3  # level-0 peaks tried by the first tile level
@@ -134,27 +135,6 @@ def level0(reader, backend, c0: int, max_shift: float):
     return [t for t, _ in cands], info, validity
 
 
-SEARCH_TARGET = 384  # level-0 grid size (px) for the rotation/scale search
-
-
-def search_factor(scene) -> int:
-    """Level-0 factor for a full search: the moving footprint on a grid of ~SEARCH_TARGET px."""
-    _, _, w, h = _mov_box(scene, 1)
-    c0 = 1
-    while max(w, h) / c0 > SEARCH_TARGET * 1.5:
-        c0 *= 2
-    return c0
-
-
-def _mov_box(scene, c):
-    """Bounding box of the moving footprint on the level-c grid (not clipped to the reference)."""
-    fp = footprint(scene.mov, scene.ref.crs)
-    xs, ys = np.asarray(fp.exterior.coords).T
-    cols, rows = apply_affine(~scene.level_transform(c), xs, ys)
-    c0, r0 = int(math.floor(cols.min())), int(math.floor(rows.min()))
-    return c0, r0, int(math.ceil(cols.max())) - c0, int(math.ceil(rows.max())) - r0
-
-
 def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range):
     """Level 0 without a trusted prior: a global search over rotation, scale and translation of the
     moving footprint against the reference around it. Returns (similarity models strongest first,
@@ -164,7 +144,7 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
     from .search import global_search
 
     s = reader.s
-    mc0, mr0, mw, mh = _mov_box(s, c0)
+    mc0, mr0, mw, mh = mov_box(s, c0)
     g = max(mw, mh) // 4  # the moving image may lie anywhere near its nominal place
     rcol0, rrow0, rw, rh = s.level_window(c0)
     rc0 = max(min(rcol0, mc0 - g), 0)

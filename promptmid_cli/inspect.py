@@ -138,18 +138,18 @@ def _coarse_estimate(ref, mov, rm, mm, opts, descriptor: str, device: str | None
     """Register's level 0 only: the strongest translation of the whole overlap, as the correction
     at the overlap centre (moving georeference minus truth), plus the other hypotheses."""
     from .descriptors import get_backend
-    from .pipeline import Matcher
+    from .patches import PatchReader
+    from .pyramid import level_factors
     from .scene import build_scene
     from .raster import apply_affine
 
     scene = build_scene(ref, mov, rm, mm, opts)
     backend = get_backend(descriptor, {"device": device} if device else {})
-    m = Matcher(scene, backend, opts)
-    c0 = m.factors()[0]  # the level-0 factor exactly as register chooses it
+    c0 = level_factors(scene, opts.max_shift, "prior")[0]  # the level-0 factor exactly as register chooses it
     from .hypotheses import level0
 
     try:
-        cands, info, _ = level0(m.reader, backend, c0, opts.max_shift)
+        cands, info, _ = level0(PatchReader(scene, opts), backend, c0, opts.max_shift)
     except RegistrationFailed as e:
         return {"found": False, "reason": str(e), "level0_factor_ref_px": c0 * scene.f_match}, scene
     col0, row0, w, h = scene.window

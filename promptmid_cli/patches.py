@@ -15,6 +15,7 @@ import numpy as np
 from .errors import BadInput
 from .imaging import normalize01, to_intensity
 from .raster import Raster, footprint, read_window, resample_moving, window_of
+from .threads import both
 
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
 # coarse levels: a template window read decimated by f touches f^2 source pixels per pixel, and the
@@ -78,25 +79,49 @@ def erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
     return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
 
 
+class DecodedGrids:
+    """Whole rasters read at a decimation, by (raster, decimation), with one lock per key: shared by
+    the passes of one run (--search auto's full pass reuses the prior pass's decodes) and filled
+    ahead of the matcher by `PatchReader.warm`."""
+
+    def __init__(self):
+        self.grids: dict = {}
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+
+    def lock(self, key) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+
 class PatchReader:
     """Windows of the reference and (resampled) moving image on the grid of level factor c."""
 
-    def __init__(self, scene, opts):
+    def __init__(self, scene, opts, grids: DecodedGrids | None = None):
         self.s = scene
         self.opts = opts
         self.ref_fill = _has_fill(scene.ref, opts.zero_is_nodata)
         self.mov_fill = _has_fill(scene.mov, opts.zero_is_nodata)
-        self._whole: dict = {}  # (which, decimation) -> whole raster at that decimation, or None
+        self.grids = grids if grids is not None else DecodedGrids()
+        self._not_kept: set = set()  # this pass's (which, decimation) read by windows instead (_fits)
         self._lock = threading.Lock()
-        self._locks: dict = {}  # one per cached (which, decimation)
         self._levels: list[float] = []  # level factors the run will read (plan)
         self._mov_base: float | None = None  # the moving raster's finest cached decimation, once known
 
-    def plan(self, factors) -> None:
+    def plan(self, factors) -> PatchReader:
         """The level factors the run will read, coarse to fine. Every whole-raster read decodes the
         whole file (most of a coarse level's cost on a large scene): with a plan, the finest cached
         decimation is read once and the coarser grids are its block means."""
         self._levels = sorted({float(c) for c in factors}, reverse=True)
+        return self
+
+    def warm(self) -> None:
+        """Decode what the planned run reads first (each raster's finest kept grid and level 0's),
+        both rasters at once: run on a thread while the matcher's modules (torch) import."""
+        c = self._levels[0]
+        col0, row0, w, h = self.s.level_window(c)
+        cc, rr = col0 + w // 2, row0 + h // 2
+        both(lambda: self.ref_raw(c, cc, rr, 2, 2), lambda: self.mov_raw(c, cc, rr, 2, 2, None))
 
     def _fits(self, which: str, r: Raster, f: float) -> bool:
         W, H = math.ceil(r.width / f), math.ceil(r.height / f)
@@ -108,18 +133,18 @@ class PatchReader:
         if f < CACHE_MIN_FACTOR:
             return None
         key = (which, f)
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # the patch-reading threads ask at once: one reads, the others wait for it
-            if key not in self._whole:  # (while the other raster may be read on another thread)
-                whole = None
-                if self._fits(which, r, f):
-                    src = self._decimated(which, r, base) if base is not None and base < f else None
-                    whole = block_means(src, round(f / base), r.width / f, r.height / f) if src is not None else \
-                        read_window(r, 0, 0, math.ceil(r.width / f), math.ceil(r.height / f), factor=f,
-                                    zero_is_nodata=self.opts.zero_is_nodata)
-                self._whole[key] = whole
-            return self._whole[key]
+        with self.grids.lock(key):  # the patch-reading threads ask at once: one reads, the others wait
+            if key in self.grids.grids:  # (while the other raster may be read on another thread)
+                return self.grids.grids[key]
+            if key in self._not_kept or not self._fits(which, r, f):
+                self._not_kept.add(key)
+                return None
+            src = self._decimated(which, r, base) if base is not None and base < f else None
+            whole = block_means(src, round(f / base), r.width / f, r.height / f) if src is not None else \
+                read_window(r, 0, 0, math.ceil(r.width / f), math.ceil(r.height / f), factor=f,
+                            zero_is_nodata=self.opts.zero_is_nodata)
+            self.grids.grids[key] = whole
+            return whole
 
     def _ref_base(self, f: float) -> float | None:
         """The finest planned reference decimation >= CACHE_MIN_FACTOR that divides f and whose whole

@@ -19,17 +19,17 @@ import numpy as np
 from .config import MatchOptions  # noqa: F401 (re-exported)
 from .errors import RegistrationFailed
 from .fitting import FitResult, Transform, invert
-from .hypotheses import level0, search_factor, search_hypotheses
+from .hypotheses import level0, search_hypotheses
 from .levels import TieMatch  # noqa: F401 (re-exported)
 from .levels import DISAGREEING, TileLevel
-from .patches import PatchReader
+from .patches import DecodedGrids, PatchReader
+from .pyramid import first_search, level_factors
 from .raster import apply_affine, footprint
 from .scene import Scene
 from .refine import decide, refine, select
 from .tiling import auto_template_size, template_layout
 from .verdict import HYPOTHESIS_MARGIN, MIN_INLIER_FRACTION, MIN_INLIER_FRACTION_UNCONFIRMED, evaluate
 
-COARSE_TARGET = 384  # level-0 grid size (px) for the global correlation
 # worst relative distortion a translation-only model leaves (rotation ~2 deg + scale ~2 %, margin)
 TRANSLATION_MISFIT = 0.06
 COARSE_TEMPLATES = 64  # templates per coarse tile level
@@ -57,11 +57,12 @@ class RegistrationResult:
 class Matcher:
     """Runs the pyramid. `backend` is a DescriptorBackend; `selector`, if given, picks a prompt per tile."""
 
-    def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None, progress=None):
+    def __init__(self, scene: Scene, backend, opts: MatchOptions, selector=None, progress=None,
+                 grids: DecodedGrids | None = None):
         self.s = scene
         self.backend = backend
         self.opts = opts
-        self.reader = PatchReader(scene, opts)
+        self.reader = PatchReader(scene, opts, grids)
         self.level = TileLevel(self.reader, backend, opts, selector=selector, progress=progress)
         self.warnings: list[str] = []
         self.levels: list[dict] = []
@@ -79,18 +80,6 @@ class Matcher:
     @tile_records.setter
     def tile_records(self, recs: list[dict]):
         self.level.records = recs
-
-    def factors(self) -> list[int]:
-        """Level factors: level 0 (the coarsest, at most ~COARSE_TARGET px) and then 4x finer each."""
-        s, o = self.s, self.opts
-        _, _, W, H = s.level_window(1)
-        c0 = 1
-        while (max(W, H) + 2 * o.max_shift / s.f_match) / c0 > COARSE_TARGET * 1.5:
-            c0 *= 2
-        factors = [c0]
-        while factors[-1] > 1:
-            factors.append(max(1, factors[-1] // 4))
-        return factors
 
     def templates(self, c: float, model: Transform, final: bool):
         """Templates of level c over the valid part of the true overlap (as `model` places it)."""
@@ -117,21 +106,16 @@ class Matcher:
         """search 'prior': trust the georeference to a few degrees/percent and search --max-shift
         around it; 'full': a global rotation/scale/translation search first (hypotheses.search_hypotheses)."""
         s, o = self.s, self.opts
+        factors = level_factors(s, o.max_shift, search)
+        c0 = factors[0]
+        self.reader.plan(factors)
         if search == "full":
-            c0 = search_factor(s)
-            factors = [c0]
-            while factors[-1] > 1:
-                factors.append(max(1, factors[-1] // 4))
-            self.reader.plan(factors)
             candidates, ginfo, self.validity = search_hypotheses(self.reader, self.backend, c0, o.max_rotation,
                                                                  o.scale_range)
             rec = ginfo.get("search_record", {})
             self.n_hypotheses = max(1, len(candidates))
             self.n_scanned = max(self.n_hypotheses, int(rec.get("n_hypotheses_tried", 0)))
         else:
-            factors = self.factors()
-            c0 = factors[0]
-            self.reader.plan(factors)
             candidates, ginfo, self.validity = level0(self.reader, self.backend, c0, o.max_shift)
         self.levels.append(ginfo)
         model = candidates[0]
@@ -263,20 +247,22 @@ CONFIRM_FRACTION = 0.5  # --search auto: a prior result carried by fewer inliers
 CLEAR_WIN = 1.5  # --search auto: of two different accepted answers, one with 1.5x the other's evidence wins
 
 
-def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None) -> RegistrationResult:
+def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progress=None,
+                 grids: DecodedGrids | None = None) -> RegistrationResult:
     """One registration. --search auto trusts the prior first; when the verdict rejects that result,
     or accepts it on a minority of templates (a prior far off in rotation or scale can still line up
     a third of them by chance), the full rotation/scale search runs too, and the report says which
-    pass gave the answer and why."""
-    first = "full" if opts.search == "full" else "prior"
-    res = _match_once(replace(scene), backend, opts, first, selector, progress)
+    pass gave the answer and why. `grids`: the run's decoded whole-raster grids (both passes read them)."""
+    grids = grids if grids is not None else DecodedGrids()
+    first = first_search(opts)
+    res = _match_once(replace(scene), backend, opts, first, selector, progress, grids)
     res.search = {"mode": opts.search, "used": first}
     if opts.search != "auto":
         return res
     frac = next((c["value"] for c in (res.verdict or {}).get("checks", []) if c["name"] == "inlier_fraction"), 1.0)
     if res.failure is None and frac >= CONFIRM_FRACTION:
         return res
-    full = _match_once(replace(scene), backend, opts, "full", selector, progress)
+    full = _match_once(replace(scene), backend, opts, "full", selector, progress, grids)
     tried = {"prior": _summary(res), "full": _summary(full)}
     why = "rejected" if res.failure is not None else f"accepted on {frac:.0%} of the templates"
     if res.failure is not None:
@@ -318,10 +304,10 @@ def _summary(r: RegistrationResult) -> dict:
             "model": r.fit.kind if r.fit is not None else None, "evidence": round(_evidence(r), 2)}
 
 
-def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector=None, progress=None
-                ) -> RegistrationResult:
+def _match_once(scene: Scene, backend, opts: MatchOptions, search: str, selector=None, progress=None,
+                grids: DecodedGrids | None = None) -> RegistrationResult:
     t0 = time.perf_counter()
-    m = Matcher(scene, backend, opts, selector=selector, progress=progress)
+    m = Matcher(scene, backend, opts, selector=selector, progress=progress, grids=grids)
     try:
         fit, ties = m.run(search)
     except RegistrationFailed as e:  # nothing to match at all: still a result with a report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -22,6 +23,8 @@ from .outputs import (gdalwarp_command, model_gcps, moving_map_coords, points_te
 from . import validate as _validate
 from .atomic import OutputSet
 from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
+from .patches import DecodedGrids, PatchReader
+from .pyramid import first_search, level_factors
 from .raster import apply_affine, open_raster
 
 MODELS = _validate.MODELS
@@ -169,10 +172,26 @@ def _tile_map(scene, res) -> list:
     return tiles
 
 
+def _warm_up(scene, opts, grids: DecodedGrids) -> threading.Thread:
+    """Decode the run's first whole-raster grids on a thread while the matcher's modules import
+    (torch: ~1.3 s of Python on one core; GDAL decodes without the GIL). A read error is left to
+    the matcher, which repeats that read and reports it where it always has."""
+    reader = PatchReader(scene, opts, grids).plan(level_factors(scene, opts.max_shift, first_search(opts)))
+
+    def warm():
+        try:
+            reader.warm()
+        except Exception:  # noqa: BLE001 - see above
+            pass
+
+    t = threading.Thread(target=warm, name="promptmid-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def _register(cfg: RegisterConfig, progress=None) -> dict:
     t_start = time.perf_counter()
     paths = _validate.validate_register(cfg)  # everything that can be known before any work
-    from .pipeline import run_matching  # heavy (torch): only once the inputs are known good
     from .scene import build_scene
 
     driver = _validate.output_driver(cfg) if cfg.write_raster else None
@@ -189,11 +208,16 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
         timings = {}
         t = time.perf_counter()
         scene = build_scene(ref, mov, rm, mm, cfg.match)
+        grids = DecodedGrids()
+        warming = _warm_up(scene, cfg.match, grids)
+        from .pipeline import run_matching  # heavy (torch): only once the inputs are known good
+
         prompter, selector = make_tile_prompter(cfg)
         backend = make_backend(cfg)
+        warming.join()
         timings["setup"] = time.perf_counter() - t
         t = time.perf_counter()
-        res = run_matching(scene, backend, cfg.match, selector=prompter, progress=progress)
+        res = run_matching(scene, backend, cfg.match, selector=prompter, progress=progress, grids=grids)
         scene = res.scene  # the pass that gave the result knows the true overlap
         res.prompt_selector = selector.settings()
         res.warnings = list(selector.settings().get("warnings", [])) + res.warnings

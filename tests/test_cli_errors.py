@@ -129,6 +129,22 @@ def test_non_overlapping_inputs_exit_2_without_traceback(small_pair, tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["far_sar.tif"]
 
 
+def test_console_script_exit_flushes_stdout_and_writes_every_output(small_pair, tmp_path):
+    """The console script leaves without the interpreter's teardown (os._exit): the --json line must
+    still reach a pipe whole, the exit status must be the command's, and every output must be in
+    place and readable."""
+    out = tmp_path / "out.tif"
+    p = subprocess.run([sys.executable, "-m", "promptmid_cli", "register", small_pair.optical, small_pair.sar,
+                        "-o", str(out), "-q", "--json"], capture_output=True, text=True, cwd=REPO, timeout=180)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["exit_code"] == 0 and p.stderr == ""
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).any()
+    assert json.loads(out.with_suffix(".json").read_text())["status"] == "registered"
+    assert out.with_suffix(".points").read_text().count("\n") > 3
+
+
 # --------------------------------------------------------------------------- cannot register
 def test_featureless_pair_exits_1_and_writes_no_raster(tmp_path):
     t = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)

@@ -306,7 +306,7 @@ def test_coarse_level_windows_cut_from_one_read_equal_windowed_reads(tmp_path, m
                          (cached.mov_raw(c, col0, row0, n, n, None), direct.mov_raw(c, col0, row0, n, n, None))]:
                 assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).mean() < 1.0
                 np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
-    assert sum(v is not None for v in cached._whole.values()) >= 3  # the one-read path was taken
+    assert len(cached.grids.grids) >= 3  # the one-read path was taken
 
 
 def test_planned_levels_decode_each_raster_once(tmp_path, monkeypatch):
@@ -343,15 +343,53 @@ def test_planned_levels_decode_each_raster_once(tmp_path, monkeypatch):
         # the moving raster's decimation snaps to a multiple of the finest level's: compare with
         # GDAL's own average at the decimation used
         a = planned.mov_raw(c, L // 4, L // 4, n, n, None)
-        k = max(key[1] for key in planned._whole if key[0] == "mov") if c == 16 else planned._mov_base
+        k = max(key[1] for key in planned.grids.grids if key[0] == "mov") if c == 16 else planned._mov_base
         W, H = math.ceil(sc.mov.width / k), math.ceil(sc.mov.height / k)
         gdal = real(sc.mov, 0, 0, W, H, factor=k)
         b = resample_moving(sc.mov, sc.level_transform(c), sc.ref.crs, L // 4, L // 4, n, n,
                             source=lambda kf: (gdal, int(k)))
         assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isfinite(a).mean() > 0.9
         np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-4, atol=1e-4)
-    assert planned._mov_base == 5.0 and ("mov", 20.0) in planned._whole  # 16 x 10/6/1.25 = 21.3 -> 20
+    assert planned._mov_base == 5.0 and ("mov", 20.0) in planned.grids.grids  # 16 x 10/6/1.25 = 21.3 -> 20
     assert len(whole_reads) == 2, whole_reads  # the x4 grid of each raster, nothing else whole
+
+
+def test_warm_up_decodes_what_the_run_reads_first(tmp_path, monkeypatch):
+    """register decodes the run's first whole-raster grids on a thread while torch imports
+    (PatchReader.warm): the matcher must then find them all decoded (no whole-raster read of its
+    own) and give exactly the result of a run that read them itself."""
+    import promptmid_cli.patches as patches
+    from promptmid_cli.config import MatchOptions
+    from promptmid_cli.descriptors import get_backend
+    from promptmid_cli.pipeline import run_matching
+    from promptmid_cli.pyramid import first_search, level_factors
+    from promptmid_cli.scene import build_scene
+    from promptmid_cli.synthetic import make_pair
+
+    pair = make_pair(tmp_path, size=320, shift_px=(5.2, -3.1), seed=4, sar_res=6.0, sar_size=560)
+    o = MatchOptions(search="prior", match_res=40.0)  # an 80 px match grid, read whole at decimation 4
+    sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
+    whole_reads = []
+    real = patches.read_window
+
+    def counting(r, col0, row0, w, h, factor=1.0, **kw):
+        if factor >= patches.CACHE_MIN_FACTOR and col0 == 0 and row0 == 0:
+            whole_reads.append((r.path, factor))
+        return real(r, col0, row0, w, h, factor=factor, **kw)
+
+    monkeypatch.setattr(patches, "read_window", counting)
+    backend = get_backend("builtin", {})
+    cold = run_matching(sc, backend, o)
+    assert len(whole_reads) == 2, whole_reads  # one per raster
+    whole_reads.clear()
+    grids = patches.DecodedGrids()
+    patches.PatchReader(sc, o, grids).plan(level_factors(sc, o.max_shift, first_search(o))).warm()
+    assert len(whole_reads) == 2 and len(grids.grids) >= 2
+    whole_reads.clear()
+    warmed = run_matching(sc, backend, o, grids=grids)
+    assert whole_reads == []
+    assert cold.fit is not None and cold.failure is None
+    np.testing.assert_array_equal(warmed.fit.transform.matrix, cold.fit.transform.matrix)
 
 
 def test_block_means_match_a_decimated_read(tmp_path, opened):
@@ -388,7 +426,7 @@ def test_a_raster_much_larger_than_the_overlap_is_read_by_windows(tmp_path):
     rd = patches.PatchReader(sc, o)
     c0, r0, _, _ = sc.window
     a = rd.ref_raw(4, c0 // 4, r0 // 4, 20, 20)
-    assert np.isfinite(a).any() and rd._whole[("ref", 4.0)] is None
+    assert np.isfinite(a).any() and ("ref", 4.0) in rd._not_kept and not rd.grids.grids
 
 
 def test_warp_with_blocks_warped_ahead_equals_one_at_a_time(tmp_path, opened, monkeypatch):

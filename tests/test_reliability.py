@@ -296,7 +296,7 @@ def _fake_matching(kind):
     from promptmid_cli.levels import TieMatch
     from promptmid_cli.pipeline import RegistrationResult
 
-    def run(scene, backend, opts, selector=None, progress=None):
+    def run(scene, backend, opts, selector=None, progress=None, grids=None):
         f = _truth(kind)
         c0, r0, w, h = scene.window
         ties, tiles = [], []
