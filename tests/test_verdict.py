@@ -122,7 +122,7 @@ def test_min_points_grows_with_the_model():
 def test_more_hypotheses_raise_the_bar():
     xy = np.random.default_rng(2).uniform(0, 500, (30, 2))
     ties = [_Tie(p, (1.0, 1.0)) for p in xy]
-    levels = [{"kind": "global", "peak_z": 4.0, "peak_p": 1e-3, "peak_distinct": 0.5, "candidates": [{}], "chosen": 0}]
+    levels = [{"kind": "global", "peak_z": 5.5, "peak_p": 1e-5, "peak_distinct": 0.5, "candidates": [{}], "chosen": 0}]
     win = np.c_[[0, 500], [0, 500]]
     one = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=1)
     many = evaluate(_Fit("translation", np.ones(30)), ties, levels, 1.0, win, 50.0, 2.0, n_hypotheses=500)
