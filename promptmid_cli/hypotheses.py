@@ -141,7 +141,7 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
     report record, ValidityMap), like level0. The search always runs on the built-in descriptor
     (its orientation bins make a rotation a bin shift, so nothing is recomputed per angle); the
     template levels that follow use the chosen backend."""
-    from .search import global_search
+    from .search import SCALE_PROBE, global_search
 
     s = reader.s
     mc0, mr0, mw, mh = mov_box(s, c0)
@@ -185,6 +185,7 @@ def search_hypotheses(reader, backend, c0: int, max_rotation: float, scale_range
     best = hyps[0]
     info = {"factor": c0 * s.f_match, "kind": "global", "search": "full", "grid": [int(rc1 - rc0), int(rr1 - rr0)],
             "candidates": info_c, "beyond_search": False, "scale_range": [float(min(scale_range)), float(max(scale_range))],
+            "scale_searched": [float(min(scale_range)) * math.exp(-SCALE_PROBE), float(max(scale_range)) * math.exp(SCALE_PROBE)],
             "search_distinct": float(np.clip(1.0 - best.ratio, 0.0, 1.0)) if best.ratio > 0 else 1.0,
             "search_record": {k: v for k, v in record.items() if isinstance(v, (int, float, str, list, dict))}}
     validity = ValidityMap(T0, refm.copy(), (rc0, rr0), movm.copy(), (mc0, mr0))

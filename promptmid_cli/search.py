@@ -53,6 +53,10 @@ N_REFINE = 6  # distinct scan peaks refined
 REFINE_STEPS = ((3.0, 0.04), (1.2, 0.015), (0.5, 0.006), (0.2, 0.0025))
 MIN_OVERLAP = 0.3  # overlap fraction (of the smaller valid area) a hypothesis must have
 ERODE_PX = 2  # descriptor support at a nodata border
+# the refinement may leave --scale-range by this much (log scale, ~2 %), as the shift search probes
+# beyond --max-shift: a true scale just inside the range's border is then an interior optimum,
+# and only an estimate stopped at the probe's bound says the truth may lie beyond the range
+SCALE_PROBE = 0.02
 FFT_WORKERS = 2
 
 
@@ -463,7 +467,7 @@ def global_search(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_ma
     hyps = []
     for v, a, s, A in seeds:
         A = _refine(A, tp_r, Gr, movs, f_ref, c_ref, a, s, ANGLE_STEP / 2, (hi / lo) ** (0.5 / max(1, SCALE_STEPS - 1)),
-                    (math.log(lo) - 0.02, math.log(hi) + 0.02))
+                    (math.log(lo) - SCALE_PROBE, math.log(hi) + SCALE_PROBE))
         A = _polish(A, ref_full, movs, c_ref)
         hyps.append(_hypothesis(A, ref_full, movs, c_mov))
     t_refine = time.perf_counter() - t0 - t_desc - t_scan

@@ -64,6 +64,7 @@ MIN_SEARCH_DISTINCT = 0.05  # full search: the best hypothesis above the next di
 # patches). Not under the prior: there wrong and right answers overlap (0.2-4.1 against 0.8-90)
 EVIDENCE_PER_BOOST = 2.0
 HALVES_LIMIT_PX = 1.5
+SCALE_EDGE_TOL = 1.0025  # the rotation/scale refinement's last scale step (search.REFINE_STEPS)
 MAX_RIVAL_SUPPORT = 0.75  # best rival hypothesis' evidence (summed inlier confidence) / the chosen one's
 # an alternative hypothesis must beat the strongest level-0 peak by this much tile evidence (summed
 # inlier confidence, TileLevel.evidence: about one and a half clear tie points more); smaller
@@ -167,11 +168,17 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
                              g0["search_distinct"] >= MIN_SEARCH_DISTINCT,
                              f"the best of {n_scanned or n_hypotheses} rotation/scale hypotheses scanned above the next distinct one"))
         best = (g0.get("candidates") or [{}])[g0.get("chosen") or 0]
-        lo, hi = g0.get("scale_range", (0.0, float("inf")))
-        on_edge = best.get("scale") is not None and not (lo * 1.01 < best["scale"] < hi / 1.01)
-        checks.append(_check("search_range_edge", best.get("scale", 1.0), hi, not on_edge,
-                             "the best scale lies on the border of --scale-range: the truth may lie beyond it"
-                             if on_edge else "the best scale lies inside --scale-range"))
+        # the search probes a little beyond --scale-range (search.SCALE_PROBE): an estimate stopped
+        # at the probe's bound (within the refinement's last step) says the truth may lie beyond
+        lo, hi = g0.get("scale_searched", g0.get("scale_range", (0.0, float("inf"))))
+        sc = best.get("scale")
+        on_edge = sc is not None and not (lo * SCALE_EDGE_TOL < sc < hi / SCALE_EDGE_TOL)
+        near = hi if sc is None or sc * sc >= lo * hi else lo  # the border the estimate is nearer
+        checks.append(_check("search_range_edge", sc if sc is not None else 1.0, near,
+                             not on_edge,
+                             "the best scale lies on the border of the scales searched (--scale-range and a small "
+                             "probe beyond it): the truth may lie beyond --scale-range" if on_edge else
+                             "the best scale lies inside the scales searched (--scale-range and a small probe beyond it)"))
     chosen = _chosen(g0)
     if full_search and chosen is not None:
         # picked among the hundreds of rotation/scale hypotheses scanned (under the prior the answer

@@ -250,3 +250,28 @@ def test_a_coarse_rival_as_high_as_the_winner_must_be_beaten_clearly():
     assert clear["passed"] and v["level"] == "strong"
     far, v = verdict([0.30, 0.20], [1.63, 0.22])
     assert far is None and v["level"] == "strong"
+
+
+def test_a_scale_just_inside_the_range_is_not_on_its_edge_but_the_probes_bound_is():
+    """The search probes ~2 % beyond --scale-range (search.SCALE_PROBE), so a true scale near the
+    range's border is an interior optimum; an estimate stopped at the probe's bound is not."""
+    import math
+
+    from promptmid_cli.search import SCALE_PROBE
+
+    xy = np.random.default_rng(5).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    win = np.c_[[0, 500], [0, 500]]
+    lo, hi = 0.7, 1.4
+
+    def edge(scale):
+        g0 = {"kind": "global", "search_distinct": 0.3, "scale_range": (lo, hi), "chosen": 0,
+              "scale_searched": (lo * math.exp(-SCALE_PROBE), hi * math.exp(SCALE_PROBE)),
+              "candidates": [{"scale": scale, "support": 15.0}]}
+        v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0, n_hypotheses=1, n_scanned=420)
+        return next(c for c in v["checks"] if c["name"] == "search_range_edge")
+
+    assert edge(1.395)["passed"] and edge(0.702)["passed"] and edge(1.0)["passed"]
+    assert not edge(hi * math.exp(SCALE_PROBE))["passed"]  # stopped at the probe's upper bound
+    assert not edge(lo * math.exp(-SCALE_PROBE))["passed"]
+    assert edge(hi * math.exp(SCALE_PROBE))["limit"] > hi and edge(0.69)["limit"] < lo
