@@ -17,7 +17,7 @@ from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, s
 from .matching import masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
 from .raster import apply_affine
-from .threads import bounded_map
+from .threads import bounded_map, torch_single_thread
 from .tiling import Tile
 
 GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
@@ -126,7 +126,8 @@ class TileLevel:
                             for d, j in zip(descs, jobs)])
         tmask = torch.stack([torch.from_numpy(j[3][m:m + n, m:m + n]) for j in jobs])
         smask = torch.stack([torch.from_numpy(j[4][m:m + n + 2 * R, m:m + n + 2 * R]) for j in jobs])
-        ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
+        with torch_single_thread():
+            ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
         # displacement index i <-> d = i - (n-1); keep d in [0, 2R] (template inside the window)
         ncc = ncc[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
         frac = frac[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
