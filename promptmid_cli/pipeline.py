@@ -253,7 +253,13 @@ def run_matching(scene: Scene, backend, opts: MatchOptions, selector=None, progr
     or accepts it on a minority of templates (a prior far off in rotation or scale can still line up
     a third of them by chance), the full rotation/scale search runs too, and the report says which
     pass gave the answer and why. `grids`: the run's decoded whole-raster grids (both passes read them)."""
-    grids = grids if grids is not None else DecodedGrids()
+    try:
+        return _run_matching(scene, backend, opts, selector, progress, grids if grids is not None else DecodedGrids())
+    finally:
+        backend.release()  # the backend's per-run caches, before the output warp sets the peak memory
+
+
+def _run_matching(scene: Scene, backend, opts: MatchOptions, selector, progress, grids: DecodedGrids):
     first = first_search(opts)
     res = _match_once(replace(scene), backend, opts, first, selector, progress, grids)
     res.search = {"mode": opts.search, "used": first}

@@ -45,6 +45,9 @@ class DescriptorBackend:
     def describe_pairs(self, pairs: list[PatchPair]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
+    def release(self):
+        """Drop what the backend keeps between calls for one run (caches); called after matching."""
+
     def settings(self) -> dict:
         """What goes into the report: name, dimensions, stride and every setting that matters."""
         return {"name": self.name, "dim": self.dim, "stride": self.stride, "device": str(self.device)}
