@@ -16,7 +16,9 @@ it work across modalities:
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -201,8 +203,6 @@ class DescriptorCache:
     bench 6 % of its wall time."""
 
     def __init__(self, budget: int = 128 * 2 ** 20):
-        from collections import OrderedDict
-
         self.budget = budget
         self.nbytes = 0
         self._d: OrderedDict = OrderedDict()
@@ -210,8 +210,6 @@ class DescriptorCache:
 
     @staticmethod
     def key(img: torch.Tensor, mask: torch.Tensor, modality: str) -> tuple:
-        import hashlib
-
         h = hashlib.blake2b(digest_size=16)
         for t in (img, mask):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
