@@ -53,7 +53,9 @@ def test_the_cache_keeps_its_byte_budget_dropping_the_least_recently_used():
     assert c.get(ks[0]) is not None  # now the most recently used
     c.put(ks[3], torch.zeros(100))
     c.put(ks[3], torch.zeros(100))
+    c.put(ks[3], torch.zeros(100))  # again (the same patch twice in one batch): not counted twice
     assert c.nbytes == 1200 and c.get(ks[1]) is None and c.get(ks[0]) is not None and c.get(ks[3]) is not None
+    assert c.get(ks[2]) is not None  # not pushed out by a double count of ks[3]
     c.put("big", torch.zeros(1000))
     c.put("big", torch.zeros(1000))  # larger than the budget: returned, not kept
     assert c.get("big") is None and c.nbytes == 1200

@@ -223,7 +223,9 @@ class DescriptorCache:
 
     def put(self, key, desc: torch.Tensor) -> torch.Tensor:
         n = desc.element_size() * desc.nelement()
-        if key not in self._seen:
+        if key in self._d:  # the same patch twice in one batch: counted once
+            self._d.move_to_end(key)
+        elif key not in self._seen:
             self._seen.add(key)
         elif n <= self.budget:
             self._d[key] = desc
