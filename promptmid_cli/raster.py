@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,6 +53,7 @@ class Raster:
     georeferenced: bool
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _handles: list = field(default_factory=list, repr=False)
+    _shared: tuple | None = field(default=None, repr=False)  # (handle, lock) while serialized()
 
     def handle(self):
         """A dataset handle for the calling thread: GDAL handles must not be shared across threads."""
@@ -63,6 +65,29 @@ class Raster:
             self._local.ds = h
             self._handles.append(h)
         return h
+
+    @contextmanager
+    def serialized(self):
+        """While active, every thread reads through one handle, one read at a time. GDAL's block
+        cache belongs to a handle: threads reading neighbouring windows (the output warp's blocks
+        share source tiles) would otherwise each decode the same file tiles on their own handle."""
+        h = rasterio.open(self.path)
+        self._shared = (h, threading.Lock())
+        try:
+            yield self
+        finally:
+            self._shared = None
+            h.close()
+
+    @contextmanager
+    def reading(self):
+        """The handle to read with now (see serialized)."""
+        shared = self._shared
+        if shared is None:
+            yield self.handle()
+            return
+        with shared[1]:
+            yield shared[0]
 
     @property
     def width(self) -> int:
@@ -214,7 +239,17 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
     r_hi = min(h, math.floor(r.height / factor - row0 + 1e-9))
     if c_hi <= c_lo or r_hi <= r_lo:
         return out
-    ds = r.handle()
+    with r.reading() as ds:
+        arr = _read_grid(r, ds, col0, row0, bands, factor, resampling, c_lo, r_lo, c_hi, r_hi)
+    bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
+    a = arr.astype(np.float32)
+    a[:, bad] = np.nan
+    out[:, r_lo:r_hi, c_lo:c_hi] = a
+    return out
+
+
+def _read_grid(r: Raster, ds, col0, row0, bands, factor, resampling, c_lo, r_lo, c_hi, r_hi) -> np.ndarray:
+    """The GDAL part of read_window: rows r_lo:r_hi, columns c_lo:c_hi of the grid, raw values."""
     cplx = r.is_complex
     if factor == 1.0 and float(col0).is_integer() and float(row0).is_integer():
         win = Window(col0 + c_lo, row0 + r_lo, c_hi - c_lo, r_hi - r_lo)
@@ -243,11 +278,7 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
             win = Window((col0 + c_lo) * factor, (row0 + a) * factor, (c_hi - c_lo) * factor, (b - a) * factor)
             arr[:, a - r_lo:b - r_lo] = _read(r, ds, bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
                                               resampling=resampling)
-    bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
-    a = arr.astype(np.float32)
-    a[:, bad] = np.nan
-    out[:, r_lo:r_hi, c_lo:c_hi] = a
-    return out
+    return arr
 
 
 def _lattice(n: int, step: int) -> np.ndarray:

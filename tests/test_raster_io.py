@@ -456,3 +456,53 @@ def test_warp_with_blocks_warped_ahead_equals_one_at_a_time(tmp_path, opened, mo
             arrays.append(ds.read())
     assert np.isfinite(arrays[0]).mean() > 0.5
     np.testing.assert_array_equal(arrays[0], arrays[1])
+
+
+def test_serialized_reads_go_through_one_handle(tmp_path, opened):
+    """Inside Raster.serialized() every thread reads through one shared handle (so GDAL's block
+    cache serves them all), with the same pixels as the threads' own handles; afterwards each
+    thread has its own handle again and the shared one is closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    r = opened(_write(tmp_path / "a.tif", _smooth(200, 220, 3)))
+
+    def read_and_handle(k):
+        with r.reading() as ds:
+            h = ds
+        return h, read_window(r, 10 * k, 5 * k, 60, 50)
+
+    with ThreadPoolExecutor(3) as ex:
+        own = list(ex.map(read_and_handle, range(6)))
+        with r.serialized():
+            shared = list(ex.map(read_and_handle, range(6)))
+            handle = r._shared[0]
+        after = list(ex.map(read_and_handle, range(6)))
+    assert {id(h) for h, _ in shared} == {id(handle)}
+    assert handle not in [h for h, _ in own + after] and handle.closed
+    assert r._shared is None
+    for (_, a), (_, b), (_, c) in zip(own, shared, after):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_output_compresses_on_the_process_threads_with_identical_bytes(tmp_path, opened):
+    """The GeoTIFF writer compresses on cv2's thread count (batch workers set their share) unless
+    --co NUM_THREADS says otherwise; the file's bytes do not depend on it."""
+    import cv2
+
+    from promptmid_cli import outputs
+    from promptmid_cli.fitting import identity
+
+    ref = opened(_write(tmp_path / "ref.tif", _smooth(300, 260, 1)))
+    mov = opened(_write(tmp_path / "mov.tif", _smooth(280, 290, 2), transform=T0 * Affine.translation(7, -5)))
+    prof = outputs._profile(mov, 300, 260, T0, ref.crs, {})
+    assert prof["num_threads"] == str(cv2.getNumThreads())
+    assert outputs._profile(mov, 300, 260, T0, ref.crs, {"NUM_THREADS": "1"})["num_threads"] == "1"
+    g = identity((T0.c, T0.f), 10.0)
+    g.matrix[:2, 2] = [2.4, -1.7]
+    data = []
+    for n in ("1", "4"):
+        path = tmp_path / f"out{n}.tif"
+        outputs.warp_to_reference(mov, ref, g, str(path), "bilinear", {"NUM_THREADS": n})
+        data.append(path.read_bytes())
+    assert data[0] == data[1]
