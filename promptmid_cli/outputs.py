@@ -22,7 +22,6 @@ from rasterio.control import GroundControlPoint
 from rasterio.shutil import copy as rio_copy
 
 from .atomic import atomic_path  # noqa: F401 (re-exported)
-from .errors import BadInput
 from .fitting import Transform, invert
 from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_rows, read_window, source_pixel_maps
 from .threads import bounded_map
@@ -170,10 +169,15 @@ def _profile(mov: Raster, width: int, height: int, transform, crs, co: dict, dri
     prof = creation_profile(driver, dtype, mov.ds.count, width, height, co)
     prof.update(crs=crs, transform=transform, nodata=nodata)
     if driver == "GTiff" and "num_threads" not in prof:
-        # DEFLATE on the process's cores (batch workers get their share): compression was most of the
-        # write, on the writer's thread alone; the file is byte-identical either way
-        prof["num_threads"] = str(max(1, cv2.getNumThreads()))
+        prof["num_threads"] = _compression_threads()
     return prof
+
+
+def _compression_threads() -> str:
+    """GDAL's NUM_THREADS for compressing the output: the process's cores (OpenCV's count, which batch
+    workers set to their share). Compression was most of the write, on the writer's thread alone;
+    the file is byte-identical either way."""
+    return str(max(1, cv2.getNumThreads()))
 
 
 def _cast(block: np.ndarray, dtype: str, nodata) -> np.ndarray:
@@ -194,7 +198,7 @@ def _finish_cog(tmp_gtiff: str, co: dict):
     cog_co = dict(split_cog_options(co)[1])
     cog_co.setdefault("COMPRESS", "DEFLATE")
     cog_co.setdefault("BIGTIFF", "IF_SAFER")
-    cog_co.setdefault("NUM_THREADS", str(max(1, cv2.getNumThreads())))
+    cog_co.setdefault("NUM_THREADS", _compression_threads())
     cog_tmp = tmp_gtiff + ".cog.tif"
     try:
         rio_copy(tmp_gtiff, cog_tmp, driver="COG", **cog_co)
