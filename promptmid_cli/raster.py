@@ -71,12 +71,12 @@ class Raster:
         """While active, every thread reads through one handle, one read at a time. GDAL's block
         cache belongs to a handle: threads reading neighbouring windows (the output warp's blocks
         share source tiles) would otherwise each decode the same file tiles on their own handle."""
-        h = rasterio.open(self.path)
+        h, outer = rasterio.open(self.path), self._shared
         self._shared = (h, threading.Lock())
         try:
             yield self
         finally:
-            self._shared = None
+            self._shared = outer  # a nested use gives back the enclosing one's handle
             h.close()
 
     @contextmanager
@@ -182,7 +182,8 @@ def _read(r: Raster, ds, bands, **kw) -> np.ndarray:
 
 def read_rows(r: Raster, row0: int, h: int) -> np.ndarray:
     """Full rows of every band, raw values (complex stays complex): --grid moving copies pixels."""
-    return _read(r, r.handle(), list(range(1, r.ds.count + 1)), window=Window(0, row0, r.width, h))
+    with r.reading() as ds:
+        return _read(r, ds, list(range(1, r.ds.count + 1)), window=Window(0, row0, r.width, h))
 
 
 def crs_transformer(src: CRS | None, dst: CRS | None) -> Callable[[np.ndarray, np.ndarray], tuple]:

@@ -476,6 +476,9 @@ def test_serialized_reads_go_through_one_handle(tmp_path, opened):
         with r.serialized():
             shared = list(ex.map(read_and_handle, range(6)))
             handle = r._shared[0]
+            with r.serialized():  # nested: the inner one's handle, then the outer one's again
+                assert r._shared[0] is not handle
+            assert r._shared[0] is handle and not handle.closed
         after = list(ex.map(read_and_handle, range(6)))
     assert {id(h) for h, _ in shared} == {id(handle)}
     assert handle not in [h for h, _ in own + after] and handle.closed
