@@ -38,6 +38,7 @@ import csv
 import json
 import os
 import shlex
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -288,10 +289,13 @@ def thread_environ(threads: int) -> dict:
 
 
 def _set_threads(threads: int):
-    """Size torch's and OpenCV's pools in this process (the env only counts before they load)."""
-    import torch
-
-    torch.set_num_threads(threads)
+    """Size OpenCV's pool in this process, and torch's: directly once it is loaded, else through
+    the environment it reads when a learned descriptor loads it (the built-in one never does)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        os.environ.update({k: str(int(threads)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     try:
         import cv2
 
@@ -338,10 +342,12 @@ def run_pair(cfg, threads=None) -> dict:
         threads = threads_per_pair(_worker_nthreads())
     _quiet_worker()
     _set_threads(threads)
-    import torch
+    import cv2
 
+    torch = sys.modules.get("torch")
     rec = {"worker": name, "pid": os.getpid(),
-           "threads": {"torch": torch.get_num_threads(), "omp_env": os.environ.get("OMP_NUM_THREADS"),
+           "threads": {"opencv": cv2.getNumThreads(), "torch": torch.get_num_threads() if torch else None,
+                       "omp_env": os.environ.get("OMP_NUM_THREADS"),
                        "malloc_trim_env": os.environ.get("MALLOC_TRIM_THRESHOLD_")}}
     try:
         from .register import register

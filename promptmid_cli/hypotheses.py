@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .consensus import peak_evidence, peak_significance
 from .descriptors.base import PatchPair
@@ -80,19 +79,18 @@ def level0(reader, backend, c0: int, max_shift: float):
                                  f"({int(min(refm.sum(), movm.sum()))} at the coarse level) to match")
     validity = ValidityMap(s.level_transform(c0), refm[m:m + h, m:m + w].copy(), (col0, row0),
                            movm[m:m + h + 2 * P, m:m + w + 2 * P].copy(), (col0 - P, row0 - P))
-    pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
-                     torch.from_numpy(movm), s.ref_modality, s.mov_modality)
+    pair = PatchPair(refn, refm, movn, movm, s.ref_modality, s.mov_modality)
     (dr, dm), = backend.describe_pairs([pair])
     dr = upsample_to(dr, refn.shape)[:, m:m + h, m:m + w]
     dm = upsample_to(dm, movn.shape)[:, m:m + h + 2 * P, m:m + w + 2 * P]
-    tm = torch.from_numpy(erode(refm)[m:m + h, m:m + w])
-    sm = torch.from_numpy(erode(movm)[m:m + h + 2 * P, m:m + w + 2 * P])
-    ncc, frac = masked_ncc(dr[None].float().cpu(), tm[None], dm[None].float().cpu(), sm[None], valid_only=True)
+    tm = erode(refm)[m:m + h, m:m + w]
+    sm = erode(movm)[m:m + h + 2 * P, m:m + w + 2 * P]
+    ncc, frac = masked_ncc(dr[None], tm[None], dm[None], sm[None], valid_only=True)
     # rank by correlation times sqrt(overlap): a z-score-like significance, so a slightly higher
     # NCC on a sliver of overlap at the edge of a large search range does not win
-    rank = torch.where(frac >= 0.3, ncc * frac.clamp(0, 1).sqrt(), torch.full_like(ncc, -1.0))
+    rank = np.where(frac >= 0.3, ncc * np.sqrt(np.clip(frac, 0, 1)), np.float32(-1.0))
     # displacement d (moving search px - template px, minus the probe offset P) <-> index d + P + h - 1
-    probe = rank[0, h - 1:h + 2 * P, w - 1:w + 2 * P].numpy()  # d in [-P, P]
+    probe = rank[0, h - 1:h + 2 * P, w - 1:w + 2 * P]  # d in [-P, P]
     dd = np.abs(np.arange(-P, P + 1))
     inside = (dd[:, None] <= R) & (dd[None, :] <= R)
     best_in = float(probe[inside].max())
@@ -104,8 +102,8 @@ def level0(reader, backend, c0: int, max_shift: float):
     T = s.level_transform(c0)
     x0, y0 = apply_affine(T, col0 + w / 2.0, row0 + h / 2.0)
     lim = max_shift / (s.f_match * c0)
-    restricted = torch.from_numpy(np.where(inside, probe, -1.0).astype(np.float32))[None]
-    ones = torch.ones_like(restricted)
+    restricted = np.where(inside, probe, -1.0).astype(np.float32)[None]
+    ones = np.ones_like(restricted)
     cands = []
     for _ in range(N_HYPOTHESES):
         peak = find_peaks(restricted, ones, 1, 1, [(P, P)], (R, R), min_overlap=0.0)[0]

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .consensus import Surface, consensus_model, guided_peak, peak_evidence
 from .descriptors.base import PatchPair
@@ -17,7 +16,7 @@ from .fitting import MIN_POINTS, SIMPLER, FitResult, Transform, fit_transform, s
 from .matching import masked_ncc, upsample_to
 from .patches import DESC_MARGIN, erode
 from .raster import apply_affine
-from .threads import bounded_map, torch_single_thread
+from .threads import bounded_map
 from .tiling import Tile
 
 GUIDED_RADIUS = 2.0  # px around the level's consensus where a tile's own NCC peak is accepted
@@ -87,8 +86,7 @@ class TileLevel:
         if reason:
             rec["skipped"] = reason
             return tile, rec, None
-        pair = PatchPair(torch.from_numpy(refn), torch.from_numpy(refm), torch.from_numpy(movn),
-                         torch.from_numpy(movm), s.ref_modality, s.mov_modality,
+        pair = PatchPair(refn, refm, movn, movm, s.ref_modality, s.mov_modality,
                          prompt=prompt_info.get("prompt") if prompt_info else None)
         return tile, rec, (pair, erode(refm), erode(movm))
 
@@ -121,17 +119,15 @@ class TileLevel:
         m = DESC_MARGIN
         descs = self.backend.describe_pairs([j[1] for j in jobs])
         n = jobs[0][0].size
-        tmpl = torch.stack([upsample_to(d[0], j[1].ref.shape)[:, m:m + n, m:m + n] for d, j in zip(descs, jobs)])
-        srch = torch.stack([upsample_to(d[1], j[1].mov.shape)[:, m:m + n + 2 * R, m:m + n + 2 * R]
-                            for d, j in zip(descs, jobs)])
-        tmask = torch.stack([torch.from_numpy(j[3][m:m + n, m:m + n]) for j in jobs])
-        smask = torch.stack([torch.from_numpy(j[4][m:m + n + 2 * R, m:m + n + 2 * R]) for j in jobs])
-        with torch_single_thread():
-            ncc, frac = masked_ncc(tmpl.float().cpu(), tmask, srch.float().cpu(), smask, valid_only=True)
+        tmpl = [upsample_to(d[0], j[1].ref.shape)[:, m:m + n, m:m + n] for d, j in zip(descs, jobs)]
+        srch = [upsample_to(d[1], j[1].mov.shape)[:, m:m + n + 2 * R, m:m + n + 2 * R] for d, j in zip(descs, jobs)]
+        tmask = [j[3][m:m + n, m:m + n] for j in jobs]
+        smask = [j[4][m:m + n + 2 * R, m:m + n + 2 * R] for j in jobs]
+        ncc, frac = masked_ncc(tmpl, tmask, srch, smask, valid_only=True)
         # displacement index i <-> d = i - (n-1); keep d in [0, 2R] (template inside the window)
         ncc = ncc[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
         frac = frac[:, n - 1:n + 2 * R, n - 1:n + 2 * R]
-        ncc = torch.where(frac >= 0.6, ncc, torch.full_like(ncc, -1.0)).numpy()
+        ncc = np.where(frac >= 0.6, ncc, np.float32(-1.0))
         out = []
         for (tile, _, rec, _, _), surf in zip(jobs, ncc):
             self.progress("advance", label, 1)

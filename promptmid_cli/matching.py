@@ -4,14 +4,19 @@ Masked NCC (Padfield, "Masked object registration in the Fourier domain", 2012) 
 displacement by the statistics of the pixels that actually overlap, so nodata borders, NaN holes and
 partial overlaps do not bias the peak. Channels are summed before normalisation (one score over the
 whole descriptor), which is what makes the dense oriented-gradient descriptors robust.
+
+NumPy and OpenCV only (OpenCV's real DFT in its packed CCS layout, `mulSpectrums`, integral
+images): as fast as torch's CPU FFT at these sizes, and a run with the built-in descriptor never
+imports torch (a fixed 1.5-3.5 s of start-up on a 2-core machine). Descriptor maps of any backend
+(torch tensors of a learned one, on any device) come in through `as_array`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import cv2
+import numpy as np
 
 
 def _next_fast(n: int) -> int:
@@ -30,8 +35,12 @@ def _next_fast(n: int) -> int:
     return best
 
 
-# elements of one batched FFT call on the fully valid path (~8 MB of float32 input)
-FFT_BUDGET = 1 << 21
+def as_array(x, dtype=np.float32) -> np.ndarray:
+    """A contiguous NumPy array of a descriptor map or mask; torch tensors (any device) are copied
+    to the host. Learned backends hand torch tensors, the built-in one NumPy arrays."""
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 @dataclass
@@ -42,169 +51,168 @@ class PeakResult:
     overlap: float  # overlapping valid fraction of the template at the peak
 
 
-def masked_ncc(tmpl: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
-               valid_only: bool = False, channel_chunk: int = 3):
+def masked_ncc(tmpl, tmask, search, smask, valid_only: bool = False):
     """Batched masked NCC.
 
-    tmpl [B,C,h,w], tmask [B,h,w], search [B,C,H,W], smask [B,H,W] ->
-    (ncc [B, H+h-1, W+w-1], overlap fraction [B, H+h-1, W+w-1]); index (i, j) is displacement
-    (i - (h-1), j - (w-1)): template pixel (y, x) sits on search pixel (y + dy, x + dx).
+    tmpl [B,C,h,w], tmask [B,h,w], search [B,C,H,W], smask [B,H,W] (arrays or CPU tensors, or
+    sequences of B items: items are correlated one by one, so a batch need not be stacked) ->
+    (ncc [B, H+h-1, W+w-1], overlap fraction [B, H+h-1, W+w-1]) float32 NumPy; index (i, j) is
+    displacement (i - (h-1), j - (w-1)): template pixel (y, x) sits on search pixel (y + dy, x + dx).
     valid_only: only displacements that keep the template inside the search window are needed
     (0 <= d <= H-h); the FFT then needs no zero padding (circular wrap cannot reach them), which
-    makes tile matching ~3x cheaper. Other displacements hold garbage and must not be used.
+    makes tile matching ~3x cheaper. Other displacements hold -1 (ncc) and 0 (overlap).
     """
-    B, C, h, w = tmpl.shape
-    H, W = search.shape[-2:]
+    tmpl, search = _items(tmpl), _items(search)
+    tmask, smask = _items(tmask, bool), _items(smask, bool)
+    B, (C, h, w), (H, W) = len(tmpl), tmpl[0].shape, search[0].shape[-2:]
     if valid_only:
         Py, Px = _next_fast(H), _next_fast(W)
     else:
         Py, Px = _next_fast(H + h - 1), _next_fast(W + w - 1)
-    dt = torch.float32
-
-    def place(x, fill):  # valid-only results into the full displacement layout
-        if not valid_only:
-            return x
-        full = torch.full((H + h - 1, W + w - 1), fill, dtype=x.dtype, device=x.device)
-        full[h - 1:H, w - 1:W] = x
-        return full
-
-    nccs: list = [None] * B
-    fracs: list = [None] * B
-    full = []
+    ncc = np.full((B, H + h - 1, W + w - 1), -1.0, np.float32)
+    frac = np.zeros((B, H + h - 1, W + w - 1), np.float32)
+    # valid-only results go into the full displacement layout
+    out = (slice(h - 1, H), slice(w - 1, W)) if valid_only else (slice(None), slice(None))
     for b in range(B):
         tfull, sfull = bool(tmask[b].all()), bool(smask[b].all())
         if valid_only and tfull and sfull:
-            full.append(b)
+            ncc[b][out] = _full_valid_ncc(tmpl[b], search[b], Py, Px)
+            frac[b][out] = 1.0
             continue
-        # one item and a few channels at a time: memory stays at a few FFT planes whatever the batch
-        ncc, frac = _masked_one(tmpl[b].to(dt), tmask[b].to(dt), search[b].to(dt), smask[b].to(dt), Py, Px,
-                                valid_only, tfull and valid_only, sfull and valid_only, channel_chunk)
-        nccs[b], fracs[b] = place(ncc, -1.0), place(frac, 0.0)
-    # fully valid items: as many per FFT call as fit in FFT_BUDGET elements (small templates pay
-    # mostly per-call overhead; large ones gain nothing from batching, their planes leave the cache)
-    group = max(1, FFT_BUDGET // (C * Py * Px))
-    for g0 in range(0, len(full), group):
-        idx = full[g0:g0 + group]
-        ncc = _full_valid_ncc(tmpl[idx].to(dt), search[idx].to(dt), Py, Px, max(channel_chunk, FFT_BUDGET // (Py * Px)))
-        for k, b in enumerate(idx):
-            nccs[b], fracs[b] = place(ncc[k], -1.0), place(torch.ones_like(ncc[k]), 0.0)
-    return torch.stack(nccs), torch.stack(fracs)
+        n, f = _masked_one(tmpl[b], tmask[b].astype(np.float32), search[b], smask[b].astype(np.float32), Py, Px,
+                           valid_only, tfull and valid_only, sfull and valid_only)
+        ncc[b][out], frac[b][out] = n, f
+    return ncc, frac
 
 
-def _masked_one(t, tm, s, sm, Py: int, Px: int, valid_only: bool, tfull: bool, sfull: bool, chunk: int):
+def _items(x, dtype=np.float32) -> list:
+    return [as_array(i, dtype) for i in x] if isinstance(x, (list, tuple)) else as_array(x, dtype)
+
+
+_INV = cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+
+
+def _dft(x: np.ndarray, Py: int, Px: int) -> np.ndarray:
+    """Real 2-D DFT of x zero-padded to (Py, Px), OpenCV's packed (CCS) layout."""
+    rows = x.shape[0]
+    if x.shape != (Py, Px):
+        buf = np.zeros((Py, Px), np.float32)
+        buf[:x.shape[0], :x.shape[1]] = x
+        x = buf
+    return cv2.dft(np.ascontiguousarray(x, np.float32), nonzeroRows=rows)
+
+
+def _idft(F: np.ndarray, rows: int) -> np.ndarray:
+    """Inverse of _dft (scaled by 1 / (Py Px), as an inverse FFT); only the first `rows` rows are
+    computed (the displacements kept)."""
+    return cv2.dft(F, flags=_INV, nonzeroRows=rows)
+
+
+def _corr_spec(Fa: np.ndarray, Fb: np.ndarray) -> np.ndarray:
+    """Spectrum of sum_x a[x+d] b[x] (a correlated with b)."""
+    return cv2.mulSpectrums(Fa, Fb, 0, conjB=True)
+
+
+def _masked_one(t, tm, s, sm, Py: int, Px: int, valid_only: bool, tfull: bool, sfull: bool):
     """Masked NCC of one item (Padfield's form, channel-summed). With valid_only, a fully valid
     template makes every search-side window statistic a plain box sum (integral images, no inverse
     FFT) and a fully valid search window makes every template-side one a constant; the general
     form needs ~4C+8 FFTs, these ~2C+6."""
     C, h, w = t.shape
     H, W = s.shape[-2:]
+    rows = H - h + 1 if valid_only else Py
 
-    def fft(x):
-        return torch.fft.rfft2(x, s=(Py, Px))
-
-    def corr(fa, fb):  # sum_x a[x+d] b[x] over the displacements kept (see masked_ncc)
-        r = torch.fft.irfft2(fa * fb.conj(), s=(Py, Px))
+    def corr(Fa, Fb):  # sum_x a[x+d] b[x] over the displacements kept (see masked_ncc)
+        r = _idft(_corr_spec(Fa, Fb), rows)
         if valid_only:  # d = 0 .. H-h sits at index d: no wrap to undo
-            return r[..., : H - h + 1, : W - w + 1]
+            return r[: H - h + 1, : W - w + 1]
         # bring displacements -(h-1)..H-1 into one contiguous block
-        r = torch.roll(r, shifts=(h - 1, w - 1), dims=(-2, -1))
-        return r[..., : H + h - 1, : W + w - 1]
+        return np.roll(r, (h - 1, w - 1), (0, 1))[: H + h - 1, : W + w - 1]
 
     t = t * tm
     s = s * sm
-    Fm_t = None if tfull else fft(tm)
-    Fm_s = None if sfull else fft(sm)
-    # sums over the template footprint of search-side maps x [k, H, W], from x's spectrum if known
+    Fm_t = None if tfull else _dft(tm, Py, Px)
+    Fm_s = None if sfull else _dft(sm, Py, Px)
+    # sums over the template footprint of a search-side map x [H, W], from x's spectrum if known
     if tfull:
         def win(x, Fx=None):
-            return _box_sums(x, h, w).to(t.dtype)
+            return _box_sums(x[None], h, w)[0].astype(np.float32)
     else:
         def win(x, Fx=None):
-            return corr(fft(x) if Fx is None else Fx, Fm_t)
-    # sums over the overlapping search footprint of template-side maps x [k, h, w]
+            return corr(_dft(x, Py, Px) if Fx is None else Fx, Fm_t)
+    # sums over the overlapping search footprint of a template-side map x [h, w]
     if sfull:
         def twin(x, Fx=None):
-            return x.sum((-2, -1), keepdim=True)
+            return np.float32(x.sum(dtype=np.float32))
     else:
         def twin(x, Fx=None):
-            return corr(Fm_s, fft(x) if Fx is None else Fx)
+            return corr(Fm_s, _dft(x, Py, Px) if Fx is None else Fx)
 
-    n = (twin(tm[None]) if sfull else win(sm[None]))[0].clamp_min(0)
+    n = np.maximum(twin(tm) if sfull else win(sm), 0)
     if sfull:
-        n = n.expand(H - h + 1, W - w + 1)
-    n_safe = n.clamp_min(1.0)
-    # channel sums that are linear in the spectra are accumulated in the frequency domain (one
-    # inverse FFT each); only the per-channel window sums S_f, S_t need their own inverses
+        n = np.full((H - h + 1, W - w + 1), n, np.float32)
+    n_safe = np.maximum(n, 1.0)
+    # the cross term is linear in the spectra: accumulated in the frequency domain (one inverse
+    # DFT); only the per-channel window sums S_f, S_t need their own inverses
     cross = None
     sfst = sfsf = stst = 0.0
-    for c0 in range(0, C, chunk):
-        tc, sc = t[c0:c0 + chunk], s[c0:c0 + chunk]
-        F_s, F_t = fft(sc), fft(tc)
-        prod = (F_s * F_t.conj()).sum(0)
-        cross = prod if cross is None else cross + prod
-        S_f = win(sc, F_s)
-        S_t = twin(tc, F_t)
-        sfst = sfst + (S_f * S_t).sum(0)
-        sfsf = sfsf + (S_f * S_f).sum(0)
-        stst = stst + (S_t * S_t).sum(0)
-    num = torch.fft.irfft2(cross, s=(Py, Px))
+    for c in range(C):
+        F_s, F_t = _dft(s[c], Py, Px), _dft(t[c], Py, Px)
+        prod = _corr_spec(F_s, F_t)
+        cross = prod if cross is None else cv2.add(cross, prod)
+        S_f = win(s[c], F_s)
+        S_t = twin(t[c], F_t)
+        sfst = sfst + S_f * S_t
+        sfsf = sfsf + S_f * S_f
+        stst = stst + S_t * S_t
+    num = _idft(cross, rows)
     num = num[: H - h + 1, : W - w + 1] if valid_only else \
-        torch.roll(num, shifts=(h - 1, w - 1), dims=(-2, -1))[: H + h - 1, : W + w - 1]
+        np.roll(num, (h - 1, w - 1), (0, 1))[: H + h - 1, : W + w - 1]
     num = num - sfst / n_safe
-    vf = win((s * s).sum(0, keepdim=True))[0] - sfsf / n_safe
-    vt = twin((t * t).sum(0, keepdim=True))[0] - stst / n_safe
-    den = (vf.clamp_min(0) * vt.clamp_min(0)).sqrt()
-    ncc = torch.where(den > 1e-9, num / den.clamp_min(1e-12), torch.zeros_like(num)).clamp(-1, 1)
-    return ncc, n / tm.sum().clamp_min(1.0)
+    vf = win((s * s).sum(0)) - sfsf / n_safe
+    vt = twin((t * t).sum(0)) - stst / n_safe
+    den = np.sqrt(np.maximum(vf, 0) * np.maximum(vt, 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncc = np.where(den > 1e-9, num / np.maximum(den, 1e-12), 0.0)
+    return np.clip(ncc, -1, 1).astype(np.float32), (n / max(float(tm.sum()), 1.0)).astype(np.float32)
 
 
-def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sums of every h x w window of [C, H, W] -> [C, H-h+1, W-w+1] (integral images, float64).
-
-    On the CPU OpenCV's integral image is ~10x faster than two torch cumsums in float64."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        import cv2
-        import numpy as np
-
-        a = x.detach().contiguous().numpy()
-        C, H, W = a.shape
-        # only the window corners are needed: the integral image's rows 0..H-h and h..H
-        out = np.empty((C, H - h + 1, W - w + 1))
-        for c in range(C):
-            ii = cv2.integral(a[c], sdepth=cv2.CV_64F)
-            out[c] = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]
-        return torch.from_numpy(out)
-    ii = torch.nn.functional.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
-    return ii[:, h:, w:] - ii[:, :-h, w:] - ii[:, h:, :-w] + ii[:, :-h, :-w]
+def _box_sums(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Sums of every h x w window of [C, H, W] -> [C, H-h+1, W-w+1] (integral images, float64)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    C, H, W = x.shape
+    # only the window corners are needed: the integral image's rows 0..H-h and h..H
+    out = np.empty((C, H - h + 1, W - w + 1))
+    for c in range(C):
+        ii = cv2.integral(np.ascontiguousarray(x[c]), sdepth=cv2.CV_64F)
+        out[c] = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]
+    return out
 
 
-def _full_valid_ncc(t: torch.Tensor, f: torch.Tensor, Py: int, Px: int, chunk: int) -> torch.Tensor:
+def _full_valid_ncc(t: np.ndarray, f: np.ndarray, Py: int, Px: int) -> np.ndarray:
     """NCC over valid displacements when template and search have no nodata: the window statistics
-    come from integral images and the channel-summed cross-correlation needs a single inverse FFT
-    (2C forward + 1 inverse FFTs instead of ~11C for the masked form).
-
-    t [C,h,w], f [C,H,W] -> [H-h+1, W-w+1]; or a batch: t [B,C,h,w], f [B,C,H,W] -> [B, ...]."""
-    if t.dim() == 3:
-        return _full_valid_ncc(t[None], f[None], Py, Px, chunk)[0]
-    B, C, h, w = t.shape
+    come from integral images and the channel-summed cross-correlation needs a single inverse DFT
+    (2C forward + 1 inverse instead of ~11C for the masked form). t [C,h,w], f [C,H,W] -> [H-h+1, W-w+1]."""
+    C, h, w = t.shape
     H, W = f.shape[-2:]
     n = float(h * w)
-    t = t - t.mean(dim=(-1, -2), keepdim=True)  # zero-mean template: numerator needs no S_f term
+    t = t - t.mean(axis=(-1, -2), keepdims=True, dtype=np.float32)  # zero-mean: no S_f term
     acc = None
-    for c0 in range(0, C, chunk):
-        Ff = torch.fft.rfft2(f[:, c0:c0 + chunk], s=(Py, Px))
-        Ft = torch.fft.rfft2(t[:, c0:c0 + chunk], s=(Py, Px))
-        prod = (Ff * Ft.conj()).sum(1)
-        acc = prod if acc is None else acc + prod
-    num = torch.fft.irfft2(acc, s=(Py, Px))[:, : H - h + 1, : W - w + 1]
+    for c in range(C):
+        prod = _corr_spec(_dft(f[c], Py, Px), _dft(t[c], Py, Px))
+        acc = prod if acc is None else cv2.add(acc, prod)
+    num = _idft(acc, H - h + 1)[: H - h + 1, : W - w + 1]
     # sum_c (S2_c - S1_c^2 / n): the S2 part is linear, one box sum of the channel-summed squares
-    s1 = _box_sums(f.reshape(B * C, H, W), h, w).view(B, C, H - h + 1, W - w + 1)
-    s2 = _box_sums((f * f).sum(1), h, w)
-    vf = (s2 - (s1 * s1).sum(1) / n).clamp_min(0)
-    vt = torch.linalg.vector_norm(t, dim=(1, 2, 3)).double().pow(2).view(B, 1, 1)
-    den = (vf * vt).sqrt()
-    ncc = torch.where(den > 1e-9, num.double() / den.clamp_min(1e-12), torch.zeros_like(den))
-    return ncc.to(t.dtype).clamp(-1, 1)
+    s1 = _box_sums(f, h, w)
+    s2 = _box_sums((f * f).sum(0)[None], h, w)[0]
+    vf = np.maximum(s2 - (s1 * s1).sum(0) / n, 0)
+    vt = float(np.dot(t.ravel(), t.ravel()))
+    den = np.sqrt(vf * vt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncc = np.where(den > 1e-9, num / np.maximum(den, 1e-12), 0.0)
+    return np.clip(ncc.astype(np.float32), -1, 1)
 
 
 def parabola_offset(a: float, b: float, c: float) -> float:
@@ -215,46 +223,49 @@ def parabola_offset(a: float, b: float, c: float) -> float:
     return float(max(-0.5, min(0.5, 0.5 * (a - c) / d)))
 
 
-def find_peaks(ncc: torch.Tensor, frac: torch.Tensor, h: int, w: int, center, radius,
-               min_overlap: float = 0.5) -> list[PeakResult | None]:
+def find_peaks(ncc, frac, h: int, w: int, center, radius, min_overlap: float = 0.5) -> list[PeakResult | None]:
     """Best displacement per batch item within |d - center| <= radius (per axis), sub-pixel.
 
     center: [(dy, dx)] per item; radius: (ry, rx) or per-item list.
     """
+    ncc, frac = as_array(ncc), as_array(frac)
     B, Hn, Wn = ncc.shape
+    iy = np.arange(Hn).reshape(-1, 1) - (h - 1)
+    ix = np.arange(Wn).reshape(1, -1) - (w - 1)
     out = []
     for b in range(B):
         cy, cx = center[b]
         ry, rx = radius[b] if isinstance(radius, list) else radius
-        iy = torch.arange(Hn, device=ncc.device).view(-1, 1) - (h - 1)
-        ix = torch.arange(Wn, device=ncc.device).view(1, -1) - (w - 1)
-        allowed = ((iy - cy).abs() <= ry) & ((ix - cx).abs() <= rx) & (frac[b] >= min_overlap)
-        if not bool(allowed.any()):
+        allowed = (np.abs(iy - cy) <= ry) & (np.abs(ix - cx) <= rx) & (frac[b] >= min_overlap)
+        if not allowed.any():
             out.append(None)
             continue
-        score = torch.where(allowed, ncc[b], torch.full_like(ncc[b], -2.0))
-        k = int(torch.argmax(score))
-        py, px = divmod(k, Wn)
+        score = np.where(allowed, ncc[b], np.float32(-2.0))
+        py, px = divmod(int(np.argmax(score)), Wn)
         best = float(score[py, px])
         if best <= -1.5:
             out.append(None)
             continue
         fy = fx = 0.0
-        if 0 < py < Hn - 1 and bool(allowed[py - 1, px]) and bool(allowed[py + 1, px]):
+        if 0 < py < Hn - 1 and allowed[py - 1, px] and allowed[py + 1, px]:
             fy = parabola_offset(float(ncc[b, py - 1, px]), best, float(ncc[b, py + 1, px]))
-        if 0 < px < Wn - 1 and bool(allowed[py, px - 1]) and bool(allowed[py, px + 1]):
+        if 0 < px < Wn - 1 and allowed[py, px - 1] and allowed[py, px + 1]:
             fx = parabola_offset(float(ncc[b, py, px - 1]), best, float(ncc[b, py, px + 1]))
         out.append(PeakResult(dy=py - (h - 1) + fy, dx=px - (w - 1) + fx, score=best,
                               overlap=float(frac[b, py, px])))
     return out
 
 
-def upsample_to(desc: torch.Tensor, size) -> torch.Tensor:
-    """Bring a strided descriptor map [D, h, w] back to the match grid [D, H, W]."""
+def upsample_to(desc, size) -> np.ndarray:
+    """A descriptor map [D, h, w] (array or tensor) as a float32 array on the match grid [D, H, W];
+    maps of strided backends are interpolated bilinearly (pixel centres aligned, as torch's
+    interpolate with align_corners=False)."""
     if tuple(desc.shape[-2:]) == tuple(size):
-        return desc
-    return F.interpolate(desc[None], size=size, mode="bilinear", align_corners=False)[0]
+        return as_array(desc)
+    if hasattr(desc, "detach"):  # a learned backend's tensor: torch is loaded already
+        import torch.nn.functional as F
 
-
-
-
+        return as_array(F.interpolate(desc[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0])
+    d = as_array(desc)
+    H, W = size
+    return np.stack([cv2.resize(c, (W, H), interpolation=cv2.INTER_LINEAR) for c in d])

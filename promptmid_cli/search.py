@@ -39,9 +39,8 @@ from typing import Callable
 import cv2
 import numpy as np
 import scipy.fft as sfft
-import torch
 
-from .matching import parabola_offset
+from .matching import as_array, parabola_offset
 from .patches import erode
 
 SCAN_SIZE = 96  # px, longest side of the scan grid
@@ -101,9 +100,9 @@ def builtin_describe(device="cpu") -> tuple[Callable, int]:
     be = BuiltinDescriptor(device)
 
     def describe(img, mask, modality):
-        return be.describe_image(torch.as_tensor(img), torch.as_tensor(mask), modality)
+        return be.describe_image(img, mask, modality)
 
-    return describe, be.module.n_orient
+    return describe, be.n_orient
 
 
 # ------------------------------------------------------------------------------- fields
@@ -115,8 +114,7 @@ class _Field:
 
     @classmethod
     def of(cls, desc, mask) -> "_Field":
-        d = desc.detach().float().cpu().numpy() if torch.is_tensor(desc) else np.asarray(desc, np.float32)
-        return cls(np.ascontiguousarray(d.transpose(1, 2, 0)), erode(np.asarray(mask, bool), ERODE_PX))
+        return cls(np.ascontiguousarray(as_array(desc).transpose(1, 2, 0)), erode(np.asarray(mask, bool), ERODE_PX))
 
     def down(self, f: float) -> "_Field":
         """Area-averaged onto a grid f times coarser; invalid pixels do not dilute valid ones."""

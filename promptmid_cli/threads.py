@@ -1,11 +1,9 @@
-"""Small thread helpers: work in order with a bounded number of results in memory; two at once;
-torch on one thread for a while."""
+"""Small thread helpers: work in order with a bounded number of results in memory; two at once."""
 
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import cv2
 
@@ -35,24 +33,3 @@ def both(f, g):
     with ThreadPoolExecutor(2) as ex:
         a, b = ex.submit(f), ex.submit(g)
         return a.result(), b.result()
-
-
-@contextmanager
-def torch_single_thread():
-    """torch's CPU ops on the calling thread alone while inside (process-wide; restored after).
-
-    The tile levels' FFT correlation runs on the main thread while the patch-reading threads and
-    the descriptor pool keep the other cores busy: torch's intra-op threads then wait on one another
-    (many small FFTs of masked templates), and one thread is faster. 5490² bench, paired runs: wall
-    0.91x, outputs identical; the masked items' correlation time 2.3 s -> 1.0 s."""
-    import torch
-
-    n = torch.get_num_threads()
-    if n <= 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)

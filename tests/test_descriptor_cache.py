@@ -1,6 +1,7 @@
 """The built-in backend describes a reference patch once however often it is asked (the first tile
 level asks once per coarse hypothesis, --search auto's full pass again), with the same result."""
 
+import numpy as np
 import torch
 
 from promptmid_cli.descriptors.base import PatchPair
@@ -28,7 +29,7 @@ def test_repeated_reference_patches_are_described_once_with_the_same_descriptors
     assert calls.count((40, 40)) == 3  # the shared one twice, the other reference once
     assert calls.count((56, 56)) == 5  # moving patches are never reused
     for (r0, m0), (r1, m1) in zip(plain, got):
-        assert torch.equal(r0, r1) and torch.equal(m0, m1)
+        assert np.array_equal(r0, r1) and np.array_equal(m0, m1)
     # a different mask is a different patch
     p = _pair(4, shared)
     p.ref_mask = p.ref_mask.clone()
@@ -44,18 +45,18 @@ def test_repeated_reference_patches_are_described_once_with_the_same_descriptors
 def test_the_cache_keeps_its_byte_budget_dropping_the_least_recently_used():
     c = DescriptorCache(budget=3 * 400)
     ks = [DescriptorCache.key(torch.full((10, 10), float(i)), torch.ones(10, 10, dtype=torch.bool), "sar") for i in range(4)]
-    c.put(ks[0], torch.zeros(100))
+    c.put(ks[0], np.zeros(100, np.float32))
     assert c.get(ks[0]) is None  # a first request is not kept
     for k in ks[:3]:
-        c.put(k, torch.zeros(100))  # 400 bytes each (ks[0] now for the second time)
+        c.put(k, np.zeros(100, np.float32))  # 400 bytes each (ks[0] now for the second time)
     for k in ks[1:3]:
-        c.put(k, torch.zeros(100))
+        c.put(k, np.zeros(100, np.float32))
     assert c.get(ks[0]) is not None  # now the most recently used
-    c.put(ks[3], torch.zeros(100))
-    c.put(ks[3], torch.zeros(100))
-    c.put(ks[3], torch.zeros(100))  # again (the same patch twice in one batch): not counted twice
+    c.put(ks[3], np.zeros(100, np.float32))
+    c.put(ks[3], np.zeros(100, np.float32))
+    c.put(ks[3], np.zeros(100, np.float32))  # again (the same patch twice in one batch): not counted twice
     assert c.nbytes == 1200 and c.get(ks[1]) is None and c.get(ks[0]) is not None and c.get(ks[3]) is not None
     assert c.get(ks[2]) is not None  # not pushed out by a double count of ks[3]
-    c.put("big", torch.zeros(1000))
-    c.put("big", torch.zeros(1000))  # larger than the budget: returned, not kept
+    c.put("big", np.zeros(1000, np.float32))
+    c.put("big", np.zeros(1000, np.float32))  # larger than the budget: returned, not kept
     assert c.get("big") is None and c.nbytes == 1200

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from promptmid_cli.descriptors.builtin import BuiltinDescriptor
+from promptmid_cli.descriptors.builtin_torch import OrientedGradientDescriptor
 from promptmid_cli.matching import _box_sums, masked_ncc
 
 
@@ -50,24 +51,24 @@ def test_valid_only_on_the_full_layout_marks_the_rest_unusable():
     tm, fm = torch.ones(2, 10, 12, dtype=torch.bool), torch.ones(2, 16, 15, dtype=torch.bool)
     fm[1, :3] = False
     ncc, frac = masked_ncc(t, tm, f, fm, valid_only=True)
-    inside = torch.zeros_like(ncc, dtype=torch.bool)
+    inside = np.zeros(ncc.shape, bool)
     inside[:, 9:16, 11:15] = True
-    assert bool((ncc[~inside] == -1).all()) and bool((frac[~inside] == 0).all())
+    assert (ncc[~inside] == -1).all() and (frac[~inside] == 0).all()
 
 
 def test_box_sums_agree_with_a_float64_cumsum():
     x = torch.rand(4, 37, 29, generator=torch.Generator().manual_seed(5))
     ii = torch.nn.functional.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
     want = ii[:, 11:, 7:] - ii[:, :-11, 7:] - ii[:, 11:, :-7] + ii[:, :-11, :-7]
-    got = _box_sums(x, 11, 7)
-    assert got.dtype == torch.float64 and got.shape == want.shape
-    assert torch.allclose(got, want, atol=1e-9)
+    got = _box_sums(x.numpy(), 11, 7)
+    assert got.dtype == np.float64 and got.shape == tuple(want.shape)
+    assert np.allclose(got, want.numpy(), atol=1e-9)
 
 
 @pytest.mark.parametrize("modality", ["optical", "sar"])
 def test_cpu_descriptor_matches_the_torch_module(modality):
-    # the OpenCV/NumPy path of describe_image against the torch module in float64 (which runs the
-    # plain torch convolutions), with a nodata corner and a hole
+    # the OpenCV/NumPy path of describe_image against the torch module (the GPU path) in float64,
+    # with a nodata corner and a hole
     g = torch.Generator().manual_seed(6)
     img = torch.rand(61, 53, generator=g)
     mask = torch.ones(61, 53, dtype=torch.bool)
@@ -75,17 +76,23 @@ def test_cpu_descriptor_matches_the_torch_module(modality):
     mask[30:34, 40:45] = False
     img[~mask] = 0
     be = BuiltinDescriptor()
+    ref = OrientedGradientDescriptor()
     for m in (mask, torch.ones_like(mask)):
-        got = be.describe_image(img, m, modality)
-        want = be.module(img[None, None].double(), m[None, None].double(), modality)[0]
-        assert got.shape == (be.dim, 61, 53) and got.dtype == torch.float32
-        assert float((got.double() - want).abs().max()) < 1e-5
+        got = be.describe_image(img.numpy(), m.numpy(), modality)
+        want = ref(img[None, None].double(), m[None, None].double(), modality)[0].numpy()
+        assert got.shape == (be.dim, 61, 53) and got.dtype == np.float32
+        assert np.abs(got - want).max() < 1e-5
         # the descriptor is unit-length-ish where valid and zero on the invalid ring
-        assert float(got[:, 0].abs().max()) == 0.0 and float(got.norm(dim=0).max()) <= 1.0 + 1e-5
+        assert np.abs(got[:, 0]).max() == 0.0 and np.linalg.norm(got, axis=0).max() <= 1.0 + 1e-5
 
 
-def test_tiny_images_fall_back_to_the_torch_path():
+def test_tiny_images_match_the_torch_module_too():
+    # images no wider than a blur's radius: borders replicated instead of reflected, on both paths
     be = BuiltinDescriptor()
-    img = torch.from_numpy(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
-    d = be.describe_image(img, torch.ones(8, 8, dtype=torch.bool), "sar")
-    assert d.shape == (be.dim, 8, 8) and bool(torch.isfinite(d).all())
+    img = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    for modality in ("sar", "optical"):
+        d = be.describe_image(img, np.ones((8, 8), bool), modality)
+        want = OrientedGradientDescriptor()(torch.from_numpy(img)[None, None].double(),
+                                            torch.ones(1, 1, 8, 8, dtype=torch.float64), modality)[0].numpy()
+        assert d.shape == (be.dim, 8, 8) and np.isfinite(d).all()
+        assert np.abs(d - want).max() < 1e-5

@@ -36,9 +36,9 @@ def test_guided_peak_has_little_subpixel_bias(frac):
                              torch.from_numpy(np.ascontiguousarray(s)), torch.ones(s.shape, dtype=torch.bool),
                              "optical", "optical")
             (dt, ds), = be.describe_pairs([pair])
-            ncc, _ = masked_ncc(dt[None].float(), torch.ones(1, n, n, dtype=torch.bool), ds[None].float(),
+            ncc, _ = masked_ncc(dt[None], torch.ones(1, n, n, dtype=torch.bool), ds[None],
                                 torch.ones(1, n + 2 * R, n + 2 * R, dtype=torch.bool), valid_only=True)
-            surf = ncc[0, n - 1:n + 2 * R, n - 1:n + 2 * R].numpy()
+            surf = ncc[0, n - 1:n + 2 * R, n - 1:n + 2 * R]
             gx, gy, _, _ = guided_peak(surf, R, np.array([dx, dy]), radius=2.0)
             errs.append((gx - dx, gy - dy))
     bias = np.abs(np.mean(errs, axis=0))

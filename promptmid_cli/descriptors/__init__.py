@@ -8,7 +8,22 @@ from .base import DescriptorBackend, PatchPair
 BACKENDS = ("auto", "builtin", "promptmid")
 
 
+def _may_have_gpu() -> bool:
+    """Whether this machine could have a torch GPU, without importing torch (several seconds of
+    start-up): NVIDIA's or AMD's (ROCm) device nodes on Linux, Apple silicon (MPS)."""
+    import os
+    import platform
+
+    if platform.system() == "Darwin":
+        return platform.machine() == "arm64"
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/proc/driver/nvidia"))
+
+
 def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto") and not _may_have_gpu():
+        return "cpu"  # the built-in descriptor then runs without torch
+    if device == "cpu":
+        return device
     import torch
 
     if device in (None, "", "auto"):

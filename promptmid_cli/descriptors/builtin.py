@@ -20,101 +20,25 @@ import hashlib
 import math
 from collections import OrderedDict
 
-import torch
-import torch.nn.functional as F
+import cv2
+import numpy as np
 
+from ..matching import as_array
 from .base import DescriptorBackend, PatchPair
 
 
-def _gauss_kernel1d(sigma: float, device) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [B, C, H, W] with reflect padding.
-
-    On the CPU OpenCV's separable filter does the same computation several times faster than
-    torch's depthwise convolution; on a GPU the torch path runs."""
-    if sigma <= 0:
-        return x
-    k = _gauss_kernel1d(sigma, x.device)
-    r = k.numel() // 2
-    if x.device.type == "cpu" and x.dtype == torch.float32 and min(x.shape[-2:]) > r:
-        import cv2
-        import numpy as np
-
-        kn = k.numpy().astype(np.float32)
-        a = x.detach().reshape(-1, *x.shape[-2:]).numpy()
-        out = np.empty_like(a)
-        for i in range(a.shape[0]):
-            out[i] = cv2.sepFilter2D(a[i], -1, kn, kn, borderType=cv2.BORDER_REFLECT_101)
-        return torch.from_numpy(out).reshape(x.shape)
-    k = k.to(x.dtype)
-    c = x.shape[1]
-    kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), kx, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), ky, groups=c)
-
-
-class OrientedGradientDescriptor(torch.nn.Module):
-    """img [B,1,H,W] in [0,1], mask [B,1,H,W] (float 0/1) -> descriptor [B, n_orient*len(scales), H, W]."""
-
-    def __init__(self, n_orient: int = 9, scales=(1.0, 2.5), presmooth_optical: float = 0.7,
-                 presmooth_sar: float = 1.5, floor: float = 0.3):
-        super().__init__()
-        self.n_orient = n_orient
-        self.scales = tuple(scales)
-        self.presmooth = {"optical": presmooth_optical, "sar": presmooth_sar}
-        self.floor = floor
-        ang = torch.arange(n_orient, dtype=torch.float32) * math.pi / n_orient
-        self.register_buffer("cos", torch.cos(ang).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("sin", torch.sin(ang).view(1, -1, 1, 1), persistent=False)
-
-    @property
-    def dim(self) -> int:
-        return self.n_orient * len(self.scales)
-
-    def forward(self, img: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
-        mask = mask.to(img.dtype)
-        sigma = self.presmooth.get(modality, self.presmooth["optical"])
-        # normalised convolution: average only over valid pixels
-        num = gaussian_blur(img * mask, sigma)
-        den = gaussian_blur(mask, sigma)
-        sm = torch.where(den > 1e-3, num / den.clamp_min(1e-3), torch.zeros_like(num))
-        # gradients by central differences; invalid where any neighbour is invalid
-        p = F.pad(sm, (1, 1, 1, 1), mode="replicate")
-        gx = 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
-        gy = 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1])
-        valid = -F.max_pool2d(-F.pad(mask, (1, 1, 1, 1), value=0.0), 3, stride=1)
-        gx, gy = gx * valid, gy * valid
-        orient = (gx * self.cos + gy * self.sin).abs()  # [B, n, H, W], unsigned orientation
-        # circular [1,2,1] smoothing across orientation bins; linear and per pixel, so it commutes
-        # with the spatial blur and is done once for all pooling scales
-        orient = 0.5 * orient + 0.25 * (torch.roll(orient, 1, dims=1) + torch.roll(orient, -1, dims=1))
-        outs = [gaussian_blur(orient, s) for s in self.scales]
-        d = torch.cat(outs, dim=1)
-        norm = d.pow(2).sum(1, keepdim=True).sqrt()
-        vals = norm[valid > 0]
-        ref = vals.median() if vals.numel() else norm.new_tensor(0.0)
-        d = d / (norm + self.floor * ref + 1e-12)
-        return d * valid
+def gauss_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian kernel of radius ceil(3 sigma) (float32)."""
+    return _kernel_np(float(sigma)).copy()
 
 
 def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
-    """OrientedGradientDescriptor.forward for one float32 image on the CPU, in OpenCV/NumPy.
+    """The descriptor of one float32 image on the CPU, in OpenCV/NumPy (builtin_torch's
+    OrientedGradientDescriptor.forward is the same computation in torch, for a GPU).
 
-    Same computation, fewer passes: torch's elementwise kernels on one or two threads were most of
-    the descriptor's cost (each op a full pass over [n, H, W]); here every step is one OpenCV or
-    in-place NumPy pass, and a fully valid mask skips the normalised convolution's second blur.
-    img [H, W] float32, mask [H, W] bool (NumPy) -> [n * len(scales), H, W] float32."""
-    import cv2
-    import numpy as np
-
+    Every step is one OpenCV or in-place NumPy pass (torch's elementwise kernels, each a full pass
+    over [n, H, W], were most of the cost), and a fully valid mask skips the normalised
+    convolution's second blur. img [H, W] float32, mask [H, W] bool -> [n * len(scales), H, W]."""
     H, W = img.shape
     if mask.all():  # the mask's blur is 1 everywhere (reflected borders): no normalisation needed
         sm = _sep_blur(img, sigma)
@@ -161,27 +85,31 @@ def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
 
 
 @functools.lru_cache(maxsize=16)
-def _kernel_np(sigma: float):
-    return _gauss_kernel1d(sigma, "cpu").numpy()
+def _kernel_np(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(-0.5 * (x / np.float32(sigma)) ** 2).astype(np.float32)
+    return k / k.sum()
 
 
 def _sep_blur(a, sigma: float, out=None):
-    import cv2
-
+    """Separable Gaussian blur, reflected borders; replicated when the image is no wider than the
+    kernel's radius (where reflection is undefined)."""
     k = _kernel_np(float(sigma))
+    border = cv2.BORDER_REFLECT_101 if min(a.shape) > k.size // 2 else cv2.BORDER_REPLICATE
     if out is None:
-        return cv2.sepFilter2D(a, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
-    return cv2.sepFilter2D(a, -1, k, k, dst=out, borderType=cv2.BORDER_REFLECT_101)
+        return cv2.sepFilter2D(a, -1, k, k, borderType=border)
+    return cv2.sepFilter2D(a, -1, k, k, dst=out, borderType=border)
 
 
 _POOL = None
 
 
 def _pool():
-    """A thread pool of torch.get_num_threads() workers (None for one thread), resized on change
-    (batch workers lower torch's thread count to share the cores)."""
+    """A thread pool of cv2.getNumThreads() workers (None for one thread), resized on change
+    (batch workers lower OpenCV's thread count to share the cores)."""
     global _POOL
-    n = torch.get_num_threads()
+    n = cv2.getNumThreads()
     if n <= 1:
         return None
     if _POOL is None or _POOL._max_workers != n:
@@ -209,10 +137,11 @@ class DescriptorCache:
         self._seen: set = set()
 
     @staticmethod
-    def key(img: torch.Tensor, mask: torch.Tensor, modality: str) -> tuple:
+    def key(img, mask, modality: str) -> tuple:
+        img, mask = as_array(img), as_array(mask, bool)
         h = hashlib.blake2b(digest_size=16)
         for t in (img, mask):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(t.tobytes())
         return modality, tuple(img.shape), str(img.dtype), h.digest()
 
     def get(self, key):
@@ -221,8 +150,8 @@ class DescriptorCache:
             self._d.move_to_end(key)
         return d
 
-    def put(self, key, desc: torch.Tensor) -> torch.Tensor:
-        n = desc.element_size() * desc.nelement()
+    def put(self, key, desc):
+        n = desc.nbytes
         if key in self._d:  # the same patch twice in one batch: counted once
             self._d.move_to_end(key)
         elif key not in self._seen:
@@ -232,7 +161,7 @@ class DescriptorCache:
             self.nbytes += n
             while self.nbytes > self.budget:
                 _, old = self._d.popitem(last=False)
-                self.nbytes -= old.element_size() * old.nelement()
+                self.nbytes -= old.nbytes
         return desc
 
     def clear(self):
@@ -245,27 +174,36 @@ class BuiltinDescriptor(DescriptorBackend):
     name = "builtin"
     stride = 1
 
-    def __init__(self, device="cpu", **cfg):
-        super().__init__(device)
-        self.module = OrientedGradientDescriptor(**cfg).to(self.device)
-        self.dim = self.module.dim
-        self.cfg = {"n_orient": self.module.n_orient, "scales": list(self.module.scales),
-                    "presmooth": self.module.presmooth, "floor": self.module.floor}
+    def __init__(self, device="cpu", n_orient: int = 9, scales=(1.0, 2.5), presmooth_optical: float = 0.7,
+                 presmooth_sar: float = 1.5, floor: float = 0.3):
+        super().__init__(str(device))
+        self.n_orient, self.scales, self.floor = n_orient, tuple(scales), floor
+        self.presmooth = {"optical": presmooth_optical, "sar": presmooth_sar}
+        ang = np.arange(n_orient, dtype=np.float32) * np.float32(math.pi / n_orient)
+        self._cos, self._sin = np.cos(ang).tolist(), np.sin(ang).tolist()
+        self.dim = n_orient * len(self.scales)
+        self.cfg = {"n_orient": n_orient, "scales": list(self.scales), "presmooth": self.presmooth, "floor": floor}
+        self.module = None  # the torch module, built for a torch device only (builtin_torch)
+        if self.device != "cpu":
+            from .builtin_torch import OrientedGradientDescriptor
+
+            self.module = OrientedGradientDescriptor(n_orient, self.scales, presmooth_optical, presmooth_sar,
+                                                     floor).to(self.device)
         self._refs = DescriptorCache()
 
-    @torch.no_grad()
-    def describe_image(self, img: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
-        """Single image [H, W] -> [D, H, W]."""
-        mod = self.module
-        smallest = max(1, int(math.ceil(3 * max((*mod.scales, *mod.presmooth.values())))))
-        if self.device.type == "cpu" and min(img.shape[-2:]) > smallest:
-            sigma = mod.presmooth.get(modality, mod.presmooth["optical"])
-            d = _describe_cpu(img.detach().cpu().float().contiguous().numpy(), mask.cpu().bool().numpy(), sigma,
-                              mod.cos.flatten().tolist(), mod.sin.flatten().tolist(), mod.scales, mod.floor)
-            return torch.from_numpy(d)
-        x = img.to(self.device, torch.float32)[None, None]
-        m = mask.to(self.device, torch.float32)[None, None]
-        return mod(x, m, modality)[0]
+    def describe_image(self, img, mask, modality: str):
+        """Single image [H, W] (array or tensor) -> [D, H, W]: a NumPy array on the CPU, a tensor on
+        a torch device."""
+        if self.module is None:
+            sigma = self.presmooth.get(modality, self.presmooth["optical"])
+            return _describe_cpu(as_array(img), as_array(mask, bool), sigma, self._cos, self._sin, self.scales,
+                                 self.floor)
+        import torch
+
+        with torch.no_grad():
+            x = torch.as_tensor(img).to(self.device, torch.float32)[None, None]
+            m = torch.as_tensor(mask).to(self.device, torch.float32)[None, None]
+            return self.module(x, m, modality)[0]
 
     def describe_pairs(self, pairs: list[PatchPair]):
         # a reference patch's descriptor depends on that patch alone: the first tile level reads the
@@ -275,9 +213,9 @@ class BuiltinDescriptor(DescriptorBackend):
         refs = [self._refs.get(k) for k in keys]
         jobs = [(p.ref, p.ref_mask, p.ref_modality) for p, r in zip(pairs, refs) if r is None]
         jobs += [(p.mov, p.mov_mask, p.mov_modality) for p in pairs]
-        pool = _pool() if self.device.type == "cpu" and len(jobs) > 1 else None
-        # OpenCV and NumPy release the GIL: the images of a batch are described on torch's intra-op
-        # thread count (the matcher's own main thread would otherwise leave a core idle)
+        pool = _pool() if self.module is None and len(jobs) > 1 else None
+        # OpenCV and NumPy release the GIL: the images of a batch are described on OpenCV's thread
+        # count (the matcher's own main thread would otherwise leave a core idle)
         out = iter(list(pool.map(lambda j: self.describe_image(*j), jobs)) if pool else
                    [self.describe_image(*j) for j in jobs])
         for i, k in enumerate(keys):

@@ -33,9 +33,9 @@ seed                noise seed (default 0)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput
 from ..models.loading import (
@@ -50,6 +50,9 @@ from ..models.loading import (
     resolve_vfm_dir,
 )
 from .base import DescriptorBackend, PatchPair
+
+if TYPE_CHECKING:  # torch loads only when a model is used (the built-in descriptor never needs it)
+    import torch
 
 DEFAULT_OPTIONS: dict = {
     "sd_model": DEFAULT_SD_MODEL,
@@ -158,6 +161,8 @@ class PromptMIDDescriptor(DescriptorBackend):
         """Load the backbones (once; later calls reuse them)."""
         if self._sd is not None:
             return self
+        import torch
+
         from ..models.features import DiffusionFeatures, VFMFeatures
         from ..models.loading import load_sd, load_vfm
 
@@ -195,20 +200,24 @@ class PromptMIDDescriptor(DescriptorBackend):
                 "vfm_model": self.opts["vfm_model"]}
 
     # -- features ----------------------------------------------------------------------------
-    @torch.no_grad()
     def backbone_features(self, images: torch.Tensor, prompts: list[str]) -> list[torch.Tensor]:
         """Grey images [B, H, W] in [0, 1] -> per-source maps [B, C_k, ceil(H/s), ceil(W/s)] (float32,
         on self.device) on the descriptor grid of stride s = self.stride."""
+        import torch
+
         from ..models.features import to_grid
 
         self.load()
         H, W = images.shape[-2:]
-        x = images.to(self.device, torch.float32)
-        maps = self._sd(x, prompts) + self._vfm(x)
-        return [to_grid(f.float(), s, H, W, self.stride) for f, s in maps]
+        with torch.no_grad():
+            x = images.to(self.device, torch.float32)
+            maps = self._sd(x, prompts) + self._vfm(x)
+            return [to_grid(f.float(), s, H, W, self.stride) for f, s in maps]
 
     def _features_for(self, items: list[tuple[torch.Tensor, torch.Tensor, str]]) -> list[list[torch.Tensor]]:
         """Backbone features for many (image, mask, prompt) items, batched by image size."""
+        import torch
+
         from ..models.features import fill_masked
 
         out: list = [None] * len(items)
@@ -225,6 +234,8 @@ class PromptMIDDescriptor(DescriptorBackend):
         return out
 
     def _valid_grid(self, mask: torch.Tensor | None, H: int, W: int) -> torch.Tensor | None:
+        import torch
+
         if mask is None:
             return None
         s = self.stride
@@ -234,10 +245,15 @@ class PromptMIDDescriptor(DescriptorBackend):
         return m[ys][:, xs]
 
     def describe_pairs(self, pairs: list[PatchPair]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
         from ..models.fam import zero_shot_fuse
 
         if not pairs:
             return []
+        # the matcher hands NumPy arrays (CPU tensors are taken as they are)
+        pairs = [replace(p, ref=torch.as_tensor(p.ref), ref_mask=torch.as_tensor(p.ref_mask),
+                         mov=torch.as_tensor(p.mov), mov_mask=torch.as_tensor(p.mov_mask)) for p in pairs]
         items = []
         for p in pairs:
             prompt = p.prompt or self.opts["default_prompt"]

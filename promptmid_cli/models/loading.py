@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput
+
+if TYPE_CHECKING:  # torch loads only when a model is used (the built-in descriptor never needs it)
+    import torch
 
 # Default models. Revisions: None follows the repository's main branch; set a commit hash here (or
 # pass --sd-revision / opts["sd_revision"]) to pin the exact weights used for a report.
@@ -56,6 +58,8 @@ VFM_ALLOW_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.j
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """"auto" -> cuda > mps > cpu; otherwise the named device, checked for availability."""
+    import torch
+
     name = str(device or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -82,12 +86,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16",
+           "bfloat16": "bfloat16"}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """"auto" -> fp16 on CUDA, fp32 elsewhere."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype or "auto").lower()
@@ -95,10 +101,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in _DTYPES:
         raise BadInput(f"unknown dtype {dtype!r} (use auto, fp32, fp16 or bf16)")
-    return _DTYPES[name]
+    return getattr(torch, _DTYPES[name])
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    import torch
+
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
