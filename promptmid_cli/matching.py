@@ -64,7 +64,7 @@ def masked_ncc(tmpl, tmask, search, smask, valid_only: bool = False):
     """
     tmpl, search = _items(tmpl), _items(search)
     tmask, smask = _items(tmask, bool), _items(smask, bool)
-    B, (C, h, w), (H, W) = len(tmpl), tmpl[0].shape, search[0].shape[-2:]
+    B, (_, h, w), (H, W) = len(tmpl), tmpl[0].shape, search[0].shape[-2:]
     if valid_only:
         Py, Px = _next_fast(H), _next_fast(W)
     else:

@@ -174,8 +174,9 @@ def _tile_map(scene, res) -> list:
 
 def _warm_up(scene, opts, grids: DecodedGrids) -> threading.Thread:
     """Decode the run's first whole-raster grids on a thread while the matcher's modules import
-    (torch: ~1.3 s of Python on one core; GDAL decodes without the GIL). A read error is left to
-    the matcher, which repeats that read and reports it where it always has."""
+    (SciPy, and torch for a learned descriptor or a GPU: seconds of Python on one core; GDAL decodes
+    without the GIL). A read error is left to the matcher, which repeats that read and reports it
+    where it always has."""
     reader = PatchReader(scene, opts, grids).plan(level_factors(scene, opts.max_shift, first_search(opts)))
 
     def warm():
@@ -210,7 +211,7 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
         scene = build_scene(ref, mov, rm, mm, cfg.match)
         grids = DecodedGrids()
         warming = _warm_up(scene, cfg.match, grids)
-        from .pipeline import run_matching  # heavy (torch): only once the inputs are known good
+        from .pipeline import run_matching  # heavy (SciPy): only once the inputs are known good
 
         prompter, selector = make_tile_prompter(cfg)
         backend = make_backend(cfg)
