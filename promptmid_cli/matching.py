@@ -85,7 +85,8 @@ def masked_ncc(tmpl, tmask, search, smask, valid_only: bool = False):
     return ncc, frac
 
 
-def _items(x, dtype=np.float32) -> list:
+def _items(x, dtype=np.float32):
+    """A batch as one array, or a sequence of items as a list of arrays (never stacked)."""
     return [as_array(i, dtype) for i in x] if isinstance(x, (list, tuple)) else as_array(x, dtype)
 
 
