@@ -407,8 +407,3 @@ def fail(e: BaseException, verbose: bool, code: int):
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     typer.echo(f"promptmid: error: {msg}", err=True)
     raise typer.Exit(code)
-
-
-# names batch.py has imported from cli.py so far
-_fail = fail
-_load_config = load_config

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
 from .patches import DecodedGrids, PatchReader
 from .pyramid import first_search, level_factors
 from .raster import apply_affine, open_raster
+
+if TYPE_CHECKING:  # the pipeline loads late (see run); only the annotations name it here
+    from .pipeline import RegistrationResult
 
 MODELS = _validate.MODELS
 RESAMPLING = _validate.RESAMPLING
@@ -74,7 +78,7 @@ def _tile_polygon(scene, rec) -> list:
     return [(float(x), float(y)) for x, y in zip(xs, ys)]
 
 
-def build_report(cfg: RegisterConfig, res: "RegistrationResult", paths: dict, timings: dict, extra: dict) -> dict:
+def build_report(cfg: RegisterConfig, res: RegistrationResult, paths: dict, timings: dict, extra: dict) -> dict:
     s = res.scene
     fit = res.fit
     ties_out = []
@@ -127,7 +131,7 @@ def build_report(cfg: RegisterConfig, res: "RegistrationResult", paths: dict, ti
     return rep
 
 
-def _correction_summary(res: "RegistrationResult") -> dict:
+def _correction_summary(res: RegistrationResult) -> dict:
     """Shift of the moving image at the overlap centre (reference pixels), for humans."""
     s = res.scene
     c0, r0, w, h = s.window

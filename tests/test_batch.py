@@ -13,8 +13,9 @@ import rasterio  # noqa: E402
 from affine import Affine  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from promptmid_cli.batch import (SUMMARY_FIELDS, ManifestError, config_from_options, plan, read_manifest,  # noqa: E402
-                                 run_pair, threads_per_pair)
+from promptmid_cli.batch import SUMMARY_FIELDS  # noqa: E402
+from promptmid_cli.batch_worker import run_pair, threads_per_pair  # noqa: E402
+from promptmid_cli.manifest import ManifestError, config_from_options, plan, read_manifest  # noqa: E402
 from promptmid_cli.cli import app  # noqa: E402
 from promptmid_cli.errors import BadInput  # noqa: E402
 from promptmid_cli.synthetic import checkpoint_rmse, make_pair  # noqa: E402
@@ -178,7 +179,7 @@ def test_bad_manifest_exit_2_one_line(tmp_path, content, needle):
 
 
 def test_unreachable_scheduler_exit_2(tmp_path, data, monkeypatch):
-    monkeypatch.setattr("promptmid_cli.batch.CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("promptmid_cli.cluster.CONNECT_TIMEOUT", "1s")
     root, _ = data
     man = tmp_path / "m.csv"
     man.write_text(f"optical,sar\n{root / 'a' / 'optical.tif'},{root / 'a' / 'sar.tif'}\n")
