@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .threads import compute_pool
+
 
 def _next_fast(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n (FFT-friendly size)."""
@@ -73,15 +75,20 @@ def masked_ncc(tmpl, tmask, search, smask, valid_only: bool = False):
     frac = np.zeros((B, H + h - 1, W + w - 1), np.float32)
     # valid-only results go into the full displacement layout
     out = (slice(h - 1, H), slice(w - 1, W)) if valid_only else (slice(None), slice(None))
-    for b in range(B):
+
+    def one(b):  # writes item b's own planes only: items can run on several threads
         tfull, sfull = bool(tmask[b].all()), bool(smask[b].all())
         if valid_only and tfull and sfull:
             ncc[b][out] = _full_valid_ncc(tmpl[b], search[b], Py, Px)
             frac[b][out] = 1.0
-            continue
+            return
         n, f = _masked_one(tmpl[b], tmask[b].astype(np.float32), search[b], smask[b].astype(np.float32), Py, Px,
                            valid_only, tfull and valid_only, sfull and valid_only)
         ncc[b][out], frac[b][out] = n, f
+
+    pool = compute_pool() if B > 1 else None
+    for _ in (pool.map(one, range(B)) if pool else map(one, range(B))):
+        pass
     return ncc, frac
 
 

@@ -1,8 +1,10 @@
-"""Small thread helpers: work in order with a bounded number of results in memory; two at once."""
+"""Small thread helpers: work in order with a bounded number of results in memory; two at once; the
+process's compute pool."""
 
 from __future__ import annotations
 
 from collections import deque
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -33,3 +35,24 @@ def both(f, g):
     with ThreadPoolExecutor(2) as ex:
         a, b = ex.submit(f), ex.submit(g)
         return a.result(), b.result()
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def compute_pool():
+    """The thread pool that describes and correlates patches: cv2.getNumThreads() workers (None for
+    one thread), resized on change (batch workers lower OpenCV's thread count to share the cores).
+    OpenCV and NumPy release the GIL, so the items of a batch run on every core while the main
+    thread waits for them."""
+    global _POOL
+    n = cv2.getNumThreads()
+    if n <= 1:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers != n:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="promptmid-compute")
+        return _POOL

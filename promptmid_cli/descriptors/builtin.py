@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from ..matching import as_array
+from ..threads import compute_pool
 from .base import DescriptorBackend, PatchPair
 
 
@@ -100,25 +101,6 @@ def _sep_blur(a, sigma: float, out=None):
     if out is None:
         return cv2.sepFilter2D(a, -1, k, k, borderType=border)
     return cv2.sepFilter2D(a, -1, k, k, dst=out, borderType=border)
-
-
-_POOL = None
-
-
-def _pool():
-    """A thread pool of cv2.getNumThreads() workers (None for one thread), resized on change
-    (batch workers lower OpenCV's thread count to share the cores)."""
-    global _POOL
-    n = cv2.getNumThreads()
-    if n <= 1:
-        return None
-    if _POOL is None or _POOL._max_workers != n:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="promptmid-describe")
-    return _POOL
 
 
 class DescriptorCache:
@@ -213,7 +195,7 @@ class BuiltinDescriptor(DescriptorBackend):
         refs = [self._refs.get(k) for k in keys]
         jobs = [(p.ref, p.ref_mask, p.ref_modality) for p, r in zip(pairs, refs) if r is None]
         jobs += [(p.mov, p.mov_mask, p.mov_modality) for p in pairs]
-        pool = _pool() if self.module is None and len(jobs) > 1 else None
+        pool = compute_pool() if self.module is None and len(jobs) > 1 else None
         # OpenCV and NumPy release the GIL: the images of a batch are described on OpenCV's thread
         # count (the matcher's own main thread would otherwise leave a core idle)
         out = iter(list(pool.map(lambda j: self.describe_image(*j), jobs)) if pool else
