@@ -96,3 +96,28 @@ def test_tiny_images_match_the_torch_module_too():
                                             torch.ones(1, 1, 8, 8, dtype=torch.float64), modality)[0].numpy()
         assert d.shape == (be.dim, 8, 8) and np.isfinite(d).all()
         assert np.abs(d - want).max() < 1e-5
+
+
+def test_items_correlated_on_the_compute_pool_equal_one_thread():
+    # the items of a batch run on threads.compute_pool when OpenCV has more than one thread: each
+    # writes only its own planes, so the result is the one-thread result, bit for bit
+    import cv2
+
+    rng = np.random.default_rng(5)
+    B, C, h, w, H, W = 9, 4, 24, 24, 40, 40
+    t = rng.random((B, C, h, w), dtype=np.float32)
+    f = rng.random((B, C, H, W), dtype=np.float32)
+    tm = np.ones((B, h, w), bool)
+    fm = np.ones((B, H, W), bool)
+    tm[2, :5] = False
+    fm[5] = rng.random((H, W)) > 0.2
+    n0 = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = masked_ncc(list(t), list(tm), list(f), list(fm), valid_only=True)
+        cv2.setNumThreads(2)
+        many = masked_ncc(list(t), list(tm), list(f), list(fm), valid_only=True)
+    finally:
+        cv2.setNumThreads(n0)
+    for a, b in zip(one, many):
+        assert np.array_equal(a, b)
