@@ -3,8 +3,8 @@ process's compute pool."""
 
 from __future__ import annotations
 
-from collections import deque
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
