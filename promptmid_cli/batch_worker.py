@@ -140,10 +140,6 @@ def _worker_nthreads() -> int:
         return 1
 
 
-def worker_cores() -> int:
-    return cpu_count()
-
-
 def one_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .batch_worker import one_line, thread_environ, worker_cores
+from .batch_worker import cpu_count, one_line, thread_environ
 from .errors import BadInput
 
 CONNECT_TIMEOUT = "15s"  # --scheduler: how long to try to reach it
@@ -124,7 +124,7 @@ def thread_map(client) -> dict:
     for addr, w in info.items():
         per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w.get("nthreads") or 1)
     try:
-        cores = client.run(worker_cores)
+        cores = client.run(cpu_count)
     except Exception:  # noqa: BLE001 - then each worker decides alone
         return {}
     return {a: max(1, int(cores.get(a, 1)) // max(1, per_host.get(w.get("host"), 1))) for a, w in info.items()}
