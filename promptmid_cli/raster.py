@@ -51,43 +51,18 @@ class Raster:
     crs: CRS | None
     transform: Affine
     georeferenced: bool
-    _local: threading.local = field(default_factory=threading.local, repr=False)
-    _handles: list = field(default_factory=list, repr=False)
-    _shared: tuple | None = field(default=None, repr=False)  # (handle, lock) while serialized()
-
-    def handle(self):
-        """A dataset handle for the calling thread: GDAL handles must not be shared across threads."""
-        if threading.current_thread() is threading.main_thread():
-            return self.ds
-        h = getattr(self._local, "ds", None)
-        if h is None:
-            h = rasterio.open(self.path)
-            self._local.ds = h
-            self._handles.append(h)
-        return h
-
-    @contextmanager
-    def serialized(self):
-        """While active, every thread reads through one handle, one read at a time. GDAL's block
-        cache belongs to a handle: threads reading neighbouring windows (the output warp's blocks
-        share source tiles) would otherwise each decode the same file tiles on their own handle."""
-        h, outer = rasterio.open(self.path), self._shared
-        self._shared = (h, threading.Lock())
-        try:
-            yield self
-        finally:
-            self._shared = outer  # a nested use gives back the enclosing one's handle
-            h.close()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @contextmanager
     def reading(self):
-        """The handle to read with now (see serialized)."""
-        shared = self._shared
-        if shared is None:
-            yield self.handle()
-            return
-        with shared[1]:
-            yield shared[0]
+        """The raster's one dataset handle, for one read at a time, from any thread.
+
+        GDAL handles must not be used by two threads at once, and GDAL's block cache belongs to a
+        handle: with one handle per raster the file tiles decoded once stay decoded for every
+        later read (the coarse levels' whole-raster decode fills the cache that the finest level's
+        templates and the output warp then read), where per-thread handles decoded them again."""
+        with self._lock:
+            yield self.ds
 
     @property
     def width(self) -> int:
@@ -122,9 +97,6 @@ class Raster:
         }
 
     def close(self):
-        for h in self._handles:
-            h.close()
-        self._handles.clear()
         self.ds.close()
 
 

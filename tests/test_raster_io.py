@@ -458,34 +458,34 @@ def test_warp_with_blocks_warped_ahead_equals_one_at_a_time(tmp_path, opened, mo
     np.testing.assert_array_equal(arrays[0], arrays[1])
 
 
-def test_serialized_reads_go_through_one_handle(tmp_path, opened):
-    """Inside Raster.serialized() every thread reads through one shared handle (so GDAL's block
-    cache serves them all), with the same pixels as the threads' own handles; afterwards each
-    thread has its own handle again and the shared one is closed."""
+def test_every_thread_reads_through_the_rasters_one_handle_one_read_at_a_time(tmp_path, opened):
+    """Threads share the raster's one dataset handle (so GDAL's block cache serves every read), never
+    two at once (GDAL handles are not thread-safe), and read the same pixels as one thread does."""
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     r = opened(_write(tmp_path / "a.tif", _smooth(200, 220, 3)))
+    inside, most = [0], [0]
+    count = threading.Lock()
 
     def read_and_handle(k):
         with r.reading() as ds:
-            h = ds
-        return h, read_window(r, 10 * k, 5 * k, 60, 50)
+            with count:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.01)  # long enough for the other threads to try to enter
+            with count:
+                inside[0] -= 1
+        return ds, read_window(r, 10 * k, 5 * k, 60, 50)
 
+    alone = [read_and_handle(k) for k in range(6)]
     with ThreadPoolExecutor(3) as ex:
-        own = list(ex.map(read_and_handle, range(6)))
-        with r.serialized():
-            shared = list(ex.map(read_and_handle, range(6)))
-            handle = r._shared[0]
-            with r.serialized():  # nested: the inner one's handle, then the outer one's again
-                assert r._shared[0] is not handle
-            assert r._shared[0] is handle and not handle.closed
-        after = list(ex.map(read_and_handle, range(6)))
-    assert {id(h) for h, _ in shared} == {id(handle)}
-    assert handle not in [h for h, _ in own + after] and handle.closed
-    assert r._shared is None
-    for (_, a), (_, b), (_, c) in zip(own, shared, after):
+        threaded = list(ex.map(read_and_handle, range(6)))
+    assert {id(h) for h, _ in alone + threaded} == {id(r.ds)}
+    assert most[0] == 1
+    for (_, a), (_, b) in zip(alone, threaded):
         np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
 
 
 def test_output_compresses_on_the_process_threads_with_identical_bytes(tmp_path, opened):
