@@ -142,7 +142,7 @@ class PatchReader:
             src = self._decimated(which, r, base) if base is not None and base < f else None
             whole = block_means(src, round(f / base), r.width / f, r.height / f) if src is not None else \
                 read_window(r, 0, 0, math.ceil(r.width / f), math.ceil(r.height / f), factor=f,
-                            zero_is_nodata=self.opts.zero_is_nodata)
+                            zero_is_nodata=self.opts.zero_is_nodata, holes=True)
             self.grids.grids[key] = whole
             return whole
 
@@ -188,7 +188,8 @@ class PatchReader:
         if whole is not None:
             a = window_of(whole, col0, row0, w, h)
         else:
-            a = read_window(self.s.ref, col0, row0, w, h, factor=f, zero_is_nodata=self.opts.zero_is_nodata)
+            a = read_window(self.s.ref, col0, row0, w, h, factor=f, zero_is_nodata=self.opts.zero_is_nodata,
+                            holes=True)
         if self.ref_fill:
             a[:, fill_mask(a)] = np.nan
         return a
@@ -196,7 +197,7 @@ class PatchReader:
     def mov_raw(self, c, col0, row0, w, h, model):
         a = resample_moving(self.s.mov, self.s.level_transform(c), self.s.ref.crs, col0, row0, w, h,
                             point_map=model, zero_is_nodata=self.opts.zero_is_nodata,
-                            source=lambda kf: self._mov_source(kf, c))
+                            source=lambda kf: self._mov_source(kf, c), holes=True)
         if self.mov_fill:
             a[:, fill_mask(a)] = np.nan
         return a

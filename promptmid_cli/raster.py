@@ -27,6 +27,8 @@ from shapely.geometry import Polygon
 from .errors import BadInput
 
 STRIP_SOURCE_ROWS = 512  # source rows per decimated read
+HOLE_WINDOW = 5  # fill_holes looks at this many pixels a side ...
+HOLE_MIN_VALID = 0.5  # ... and fills an invalid pixel when more than this share of them is valid
 
 # an ungeoreferenced raster is a supported input (pixel frame): rasterio's warning about it is noise
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
@@ -196,13 +198,34 @@ def invalid_mask(arr: np.ndarray, nodata, zero_is_nodata: bool) -> np.ndarray:
     return bad
 
 
+def fill_holes(a: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[bands, h, w] float32 with NaN at `bad` [h, w]: invalid pixels inside valid data (samples at
+    log(0) = -inf, dropped or scattered nodata pixels) take the mean of the valid pixels of their
+    HOLE_WINDOW neighbourhood and count as valid. Matching erodes the validity mask (descriptor
+    support, correlation margin) and resamples bilinearly, so 10 % of scattered holes would leave it
+    no valid pixel at all. Areas of nodata stay: a pixel just outside a straight or diagonal edge
+    sees 40 % valid neighbours (only a concave corner's pixel is filled)."""
+    if not bad.any() or bad.all():
+        return a, bad
+    k = (HOLE_WINDOW, HOLE_WINDOW)
+    share = cv2.boxFilter((~bad).astype(np.float32), -1, k, borderType=cv2.BORDER_CONSTANT)
+    hole = bad & (share > HOLE_MIN_VALID)
+    if not hole.any():
+        return a, bad
+    for band in a:
+        total = cv2.boxFilter(np.where(bad, np.float32(0), band), -1, k, borderType=cv2.BORDER_CONSTANT)
+        band[hole] = total[hole] / share[hole]
+    return a, bad & ~hole
+
+
 def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: float = 1.0,
                 bands=None, zero_is_nodata: bool = True,
-                resampling: Resampling = Resampling.average) -> np.ndarray:
+                resampling: Resampling = Resampling.average, holes: bool = False) -> np.ndarray:
     """Read a grid window [bands, h, w] as float32 with NaN for nodata/outside.
 
     The window is in units of `factor` source pixels starting at source pixel (col0*factor,
-    row0*factor): factor > 1 gives a decimated read (overviews used when present).
+    row0*factor): factor > 1 gives a decimated read (overviews used when present). holes=True
+    fills isolated invalid pixels (fill_holes): for matching, never for the output's pixels.
     """
     bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
     out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
@@ -217,6 +240,8 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
     bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
     a = arr.astype(np.float32)
     a[:, bad] = np.nan
+    if holes:
+        a, bad = fill_holes(a, bad)
     out[:, r_lo:r_hi, c_lo:c_hi] = a
     return out
 
@@ -249,9 +274,39 @@ def _read_grid(r: Raster, ds, col0, row0, bands, factor, resampling, c_lo, r_lo,
         for a in range(r_lo, r_hi, step):
             b = min(r_hi, a + step)
             win = Window((col0 + c_lo) * factor, (row0 + a) * factor, (c_hi - c_lo) * factor, (b - a) * factor)
-            arr[:, a - r_lo:b - r_lo] = _read(r, ds, bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
-                                              resampling=resampling)
+            strip = _read(r, ds, bands, window=win, out_shape=(len(bands), b - a, c_hi - c_lo),
+                          resampling=resampling)
+            if _poisoned(strip, ds.nodata):
+                strip = _nan_aware_average(r, ds, bands, win, (b - a, c_hi - c_lo))
+            arr[:, a - r_lo:b - r_lo] = strip
     return arr
+
+
+def _poisoned(strip: np.ndarray, nodata) -> bool:
+    """GDAL's averaging skips the declared nodata only: a cell whose block held one +-inf (log of
+    0), or a NaN that is not the declared nodata, comes out non-finite, and scattered ones void it all."""
+    if not np.issubdtype(strip.dtype, np.floating):
+        return False
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return bool(np.isinf(strip).any())
+    return not np.isfinite(strip).all()
+
+
+def _nan_aware_average(r: Raster, ds, bands, win: Window, shape) -> np.ndarray:
+    """A decimated read of `win` as the area average of its valid full-resolution pixels (non-finite
+    or the nodata value are not); cells without any are NaN."""
+    full = _read(r, ds, bands, window=win, boundless=False).astype(np.float32)
+    ok = np.isfinite(full).all(axis=0)
+    if ds.nodata is not None and not math.isnan(ds.nodata):
+        ok &= ~(full == ds.nodata).any(axis=0)
+    size = (shape[1], shape[0])
+    den = cv2.resize(ok.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    out = np.full((len(bands), *shape), np.nan, np.float32)
+    has = den > 1e-6
+    for i in range(len(bands)):
+        num = cv2.resize(np.where(ok, full[i], np.float32(0)), size, interpolation=cv2.INTER_AREA)
+        out[i][has] = num[has] / den[has]
+    return out
 
 
 def _lattice(n: int, step: int) -> np.ndarray:
@@ -318,14 +373,15 @@ def window_of(a: np.ndarray, col0: int, row0: int, w: int, h: int) -> np.ndarray
 def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col0: int, row0: int,
                     w: int, h: int, point_map: PointMap | None = None, bands=None,
                     resampling: str = "bilinear", zero_is_nodata: bool = True,
-                    decimate: bool = True, source: Callable | None = None) -> np.ndarray:
+                    decimate: bool = True, source: Callable | None = None, holes: bool = False) -> np.ndarray:
     """The moving raster resampled onto a window of a target grid: [bands, h, w], NaN = no data.
 
     When the source is much finer than the target grid, the source window is read decimated
     (average) first, so matching at a coarse grid neither aliases nor reads full resolution.
     `source(kf)`, if given, may return (the whole raster already decimated by k, k) for an integer
     k <= kf (the largest decimation that does not alias), so many windows of a coarse level share
-    one read; None: the window is read directly at floor(kf).
+    one read; None: the window is read directly at floor(kf). holes: see read_window (a cached
+    `source` grid is expected to be read with the same setting).
     """
     bands = list(bands) if bands is not None else list(range(1, r.ds.count + 1))
     mx, my = source_pixel_maps(grid_transform, col0, row0, w, h, point_map,
@@ -356,7 +412,7 @@ def resample_moving(r: Raster, grid_transform: Affine, grid_crs: CRS | None, col
         src = window_of(whole, x0c, y0c, x1c - x0c, y1c - y0c)
     else:
         src = read_window(r, x0c, y0c, x1c - x0c, y1c - y0c, factor=float(k), bands=bands,
-                          zero_is_nodata=zero_is_nodata)
+                          zero_is_nodata=zero_is_nodata, holes=holes)
     # map coordinates in the (possibly decimated) source window
     fx = ((mx + 0.5) / k - 0.5 - x0c).astype(np.float32)
     fy = ((my + 0.5) / k - 0.5 - y0c).astype(np.float32)

@@ -105,6 +105,44 @@ def test_read_window_masks(tmp_path, opened):
     assert np.isnan(w[1, 3]) and np.isfinite(w).sum() == 24 and w[4, 4] == -40.0
 
 
+@pytest.mark.parametrize("bad", [-np.inf, np.inf, np.nan])
+@pytest.mark.parametrize("nodata", [float("nan"), None, -9999.0])
+def test_decimated_read_skips_scattered_non_finite_samples(tmp_path, opened, bad, nodata):
+    """GDAL's averaging skips only the declared nodata: one -inf (dB of a zero sample) in a block
+    voided the whole cell, and 10 % scattered ones voided the whole grid."""
+    img = _smooth(64, 64)
+    poisoned = img.copy()
+    m = np.random.default_rng(3).random(img.shape) < 0.1
+    poisoned[m] = bad
+    r = opened(_write(tmp_path / "p.tif", poisoned, nodata=nodata))
+    w = read_window(r, 0, 0, 16, 16, factor=4.0)[0]
+    ok = np.where(m, 0.0, img).reshape(16, 4, 16, 4).sum(axis=(1, 3))
+    n = (~m).reshape(16, 4, 16, 4).sum(axis=(1, 3))
+    assert np.isfinite(w).all()
+    assert np.allclose(w, ok / n, rtol=1e-5)
+
+
+def test_holes_are_filled_for_matching_and_nodata_areas_kept(tmp_path, opened):
+    img = _smooth(48, 48)
+    a = img.copy()
+    rng = np.random.default_rng(5)
+    holes = rng.random(a.shape) < 0.15
+    holes[:, 32:] = False
+    a[holes] = -np.inf
+    a[:, 32:] = np.nan  # a nodata area with a straight edge
+    r = opened(_write(tmp_path / "h.tif", a, nodata=float("nan")))
+    raw = read_window(r, 0, 0, 48, 48)[0]
+    assert np.isnan(raw[holes]).all()  # without holes=True the reads keep every invalid pixel
+    w = read_window(r, 0, 0, 48, 48, holes=True)[0]
+    assert np.isnan(w[:, 32:]).all()  # the area stays nodata, and its edge does not grow
+    inner = holes.copy()
+    inner[[0, -1], :] = inner[:, [0, -1]] = False  # the window's own border sees fewer neighbours
+    inner[:, 30:] = False
+    assert np.isfinite(w[inner]).all()
+    assert np.abs(w[inner] - img[inner]).max() < 0.05 * np.ptp(img)
+    assert np.array_equal(w[~holes & np.isfinite(w)], img[~holes & np.isfinite(w)])
+
+
 def test_invalid_mask():
     a = np.ones((2, 3, 3), np.float32)
     a[0, 0, 0] = np.nan

@@ -53,6 +53,21 @@ def test_recovers_known_error(tmp_path, name):
         assert (ds.height, ds.width) == tuple(pair.ref_shape)
 
 
+def test_scattered_non_finite_sar_samples_do_not_void_the_match(tmp_path):
+    """12 % of the dB samples at -inf (10 log10 of a zero sample) and the nodata declared: before
+    the reads filled isolated holes, the eroded masks and GDAL's averaging left the coarse search no
+    valid pixel ("the coarse correlation found no overlap")."""
+    pair = make_pair(tmp_path, size=256, shift_px=(9.4, -6.2), sar_format="float32_db", seed=3)
+    with rasterio.open(pair.sar, "r+") as ds:
+        a = ds.read(1)
+        a[np.random.default_rng(0).random(a.shape) < 0.12] = -np.inf
+        ds.write(a, 1)
+    out = tmp_path / "out.tif"
+    _, rep = register(pair.optical, pair.sar, out)
+    assert rep["status"] == "registered"
+    assert score_points(out.with_suffix(".points"), pair.truth, pair.ref_transform, pair.ref_shape) <= TOL_PX
+
+
 def test_sar_in_geographic_crs(tmp_path):
     """Optical in UTM, SAR reprojected to EPSG:4326 (with its georeference error) before registering."""
     pair = make_pair(tmp_path, size=256, shift_px=(-11.4, 8.8), rot_deg=0.7, sar_format="float32_db", seed=8)
