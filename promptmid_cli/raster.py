@@ -296,9 +296,7 @@ def _nan_aware_average(r: Raster, ds, bands, win: Window, shape) -> np.ndarray:
     """A decimated read of `win` as the area average of its valid full-resolution pixels (non-finite
     or the nodata value are not); cells without any are NaN."""
     full = _read(r, ds, bands, window=win, boundless=False).astype(np.float32)
-    ok = np.isfinite(full).all(axis=0)
-    if ds.nodata is not None and not math.isnan(ds.nodata):
-        ok &= ~(full == ds.nodata).any(axis=0)
+    ok = ~invalid_mask(full, ds.nodata, zero_is_nodata=False)
     size = (shape[1], shape[0])
     den = cv2.resize(ok.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     out = np.full((len(bands), *shape), np.nan, np.float32)
