@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import BadInput
 from .imaging import normalize01, to_intensity
-from .raster import Raster, footprint, read_window, resample_moving, window_of
+from .raster import Raster, resident_budget, footprint, read_window, resample_moving, window_of
 from .threads import both
 
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects
@@ -71,6 +71,26 @@ def block_means(a: np.ndarray, q: int, w_cells: float, h_cells: float) -> np.nda
     return out
 
 
+def overlap_share(s, which: str) -> float:
+    """The share of a raster's area inside the scene's overlap: a whole read of a raster much larger
+    than the overlap would read more than all the template windows together."""
+    _, _, w, h = s.window
+    if which == "ref":
+        return w * h / (s.ref.width * s.ref.height)
+    return min(1.0, w * h * s.ref_res ** 2 / max(footprint(s.mov, s.ref.crs).area, 1e-12))
+
+
+def hold_moving(s) -> bool:
+    """Keep the moving raster's samples in memory (Raster.resident) when they fit resident_budget()
+    and it mostly lies in the overlap: the matching reads it whole at its coarse levels, then each
+    template's window, and the output warp reads it all again. Memory stays bounded: a raster over
+    the budget is read by windows."""
+    r = s.mov
+    r.resident = bool(not r.is_complex and r.nbytes <= resident_budget()
+                      and overlap_share(s, "mov") >= CACHE_MIN_OVERLAP)
+    return r.resident
+
+
 def erode(mask: np.ndarray, r: int = 2) -> np.ndarray:
     """Shrink a validity mask so pixels whose descriptor saw nodata are not compared."""
     if mask.all():
@@ -125,7 +145,7 @@ class PatchReader:
 
     def _fits(self, which: str, r: Raster, f: float) -> bool:
         W, H = math.ceil(r.width / f), math.ceil(r.height / f)
-        return W * H * r.ds.count <= CACHE_MAX_SAMPLES and self._overlap_share(which) >= CACHE_MIN_OVERLAP
+        return W * H * r.ds.count <= CACHE_MAX_SAMPLES and overlap_share(self.s, which) >= CACHE_MIN_OVERLAP
 
     def _decimated(self, which: str, r: Raster, f: float, base: float | None = None):
         """The whole raster at decimation f (coarse levels only, see CACHE_MIN_FACTOR): read once,
@@ -172,15 +192,6 @@ class PatchReader:
             k = int(k // b * b)
         whole = self._decimated("mov", r, float(k), base=b if b is not None and k > b else None)
         return None if whole is None else (whole, k)
-
-    def _overlap_share(self, which: str) -> float:
-        """The share of a raster's area inside the overlap: a whole read of a raster much larger than
-        the overlap would read more than all the template windows together."""
-        s = self.s
-        _, _, w, h = s.window
-        if which == "ref":
-            return w * h / (s.ref.width * s.ref.height)
-        return min(1.0, w * h * s.ref_res ** 2 / max(footprint(s.mov, s.ref.crs).area, 1e-12))
 
     def ref_raw(self, c, col0, row0, w, h):
         f = self.s.f_match * c

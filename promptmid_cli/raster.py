@@ -1,7 +1,10 @@
 """Raster access: opening, footprints, and windowed reads onto a common grid.
 
-Nothing here reads a whole raster: every read is a window (possibly decimated, which lets GDAL use
-overviews). The moving image is resampled onto any target grid through an arbitrary point mapping,
+Every read is a window (possibly decimated, which lets GDAL use overviews). A raster marked
+`resident` (the moving one, when it fits resident_budget()) is decoded once, whole, on its first
+read, and every window after that is cut from memory: its template windows and the output warp
+would otherwise decode its file tiles again (at 10980 px each of the finest level's templates
+touches tiles of its own, and GDAL's block cache holds a fraction of the raster). The moving image is resampled onto any target grid through an arbitrary point mapping,
 evaluated on a coarse lattice and interpolated in between (what GDAL's approximate transformer does),
 so the same code serves matching (identity or current model) and the final warp.
 """
@@ -9,6 +12,7 @@ so the same code serves matching (identity or current model) and the final warp.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 from contextlib import contextmanager
@@ -29,6 +33,7 @@ from .errors import BadInput
 STRIP_SOURCE_ROWS = 512  # source rows per decimated read
 HOLE_WINDOW = 5  # fill_holes looks at this many pixels a side ...
 HOLE_MIN_VALID = 0.5  # ... and fills an invalid pixel when more than this share of them is valid
+RESIDENT_MB = 512  # a resident raster's decoded samples at most (a 10980 px float32 band), by default
 
 # an ungeoreferenced raster is a supported input (pixel frame): rasterio's warning about it is noise
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
@@ -53,7 +58,9 @@ class Raster:
     crs: CRS | None
     transform: Affine
     georeferenced: bool
+    resident: bool = False  # decoded whole on the first read, windows then cut from memory
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _samples: np.ndarray | None = field(default=None, repr=False)
 
     @contextmanager
     def reading(self):
@@ -65,6 +72,22 @@ class Raster:
         templates and the output warp then read), where per-thread handles decoded them again."""
         with self._lock:
             yield self.ds
+
+    def samples(self) -> np.ndarray | None:
+        """Every band's raw samples [bands, H, W] when the raster is resident (decoded on the first
+        call, under the handle's lock), else None."""
+        if not self.resident:
+            return None
+        if self._samples is None:
+            with self._lock:
+                if self._samples is None:
+                    self._samples = _read(self, self.ds, list(range(1, self.ds.count + 1)))
+        return self._samples
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the decoded samples of every band."""
+        return self.width * self.height * self.ds.count * np.dtype(self.ds.dtypes[0]).itemsize
 
     @property
     def width(self) -> int:
@@ -99,7 +122,25 @@ class Raster:
         }
 
     def close(self):
+        self._samples = None
         self.ds.close()
+
+
+def resident_budget() -> int:
+    """Bytes a resident raster may hold: PROMPTMID_RESIDENT_MB (default RESIDENT_MB; 0 turns
+    residency off), and never more than an eighth of the machine's memory."""
+    v = os.environ.get("PROMPTMID_RESIDENT_MB", "").strip()
+    try:
+        mb = float(v) if v else float(RESIDENT_MB)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise BadInput(f"PROMPTMID_RESIDENT_MB={v!r}: give a number of MB (0 turns residency off)")
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        phys = 0
+    return int(min(mb * 2 ** 20, phys / 8)) if phys > 0 else int(mb * 2 ** 20)
 
 
 def open_raster(path: str, role: str) -> Raster:
@@ -235,8 +276,13 @@ def read_window(r: Raster, col0: float, row0: float, w: int, h: int, factor: flo
     r_hi = min(h, math.floor(r.height / factor - row0 + 1e-9))
     if c_hi <= c_lo or r_hi <= r_lo:
         return out
-    with r.reading() as ds:
-        arr = _read_grid(r, ds, col0, row0, bands, factor, resampling, c_lo, r_lo, c_hi, r_hi)
+    on_grid = float(factor).is_integer() and float(col0).is_integer() and float(row0).is_integer()
+    samples = r.samples() if on_grid and resampling == Resampling.average else None
+    if samples is not None:
+        arr = _resident_grid(r, samples, int(col0), int(row0), bands, int(factor), c_lo, r_lo, c_hi, r_hi)
+    else:
+        with r.reading() as ds:
+            arr = _read_grid(r, ds, col0, row0, bands, factor, resampling, c_lo, r_lo, c_hi, r_hi)
     bad = invalid_mask(arr, r.ds.nodata, zero_is_nodata)
     a = arr.astype(np.float32)
     a[:, bad] = np.nan
@@ -295,13 +341,38 @@ def _poisoned(strip: np.ndarray, nodata) -> bool:
 def _nan_aware_average(r: Raster, ds, bands, win: Window, shape) -> np.ndarray:
     """A decimated read of `win` as the area average of its valid full-resolution pixels (non-finite
     or the nodata value are not); cells without any are NaN."""
-    full = _read(r, ds, bands, window=win, boundless=False).astype(np.float32)
-    ok = ~invalid_mask(full, ds.nodata, zero_is_nodata=False)
+    return _valid_average(_read(r, ds, bands, window=win, boundless=False), ds.nodata, shape)
+
+
+def _resident_grid(r: Raster, samples, col0: int, row0: int, bands, k: int, c_lo, r_lo, c_hi, r_hi) -> np.ndarray:
+    """read_window's grid rows r_lo:r_hi, columns c_lo:c_hi from a resident raster's samples, at
+    integer decimation k: the samples themselves, or (k > 1) the average of each cell's valid ones
+    (as GDAL's average, which skips the declared nodata; integers rounded, as GDAL returns them),
+    by strips of source rows so that the temporaries stay small."""
+    idx = [b - 1 for b in bands]
+    x0, x1 = (col0 + c_lo) * k, (col0 + c_hi) * k
+    if k == 1:
+        return samples[idx, row0 + r_lo:row0 + r_hi, x0:x1]
+    arr = np.empty((len(bands), r_hi - r_lo, c_hi - c_lo), np.float32)
+    step = max(1, STRIP_SOURCE_ROWS // k)
+    integer = np.issubdtype(samples.dtype, np.integer)
+    for a in range(r_lo, r_hi, step):
+        b = min(r_hi, a + step)
+        strip = _valid_average(samples[idx, (row0 + a) * k:(row0 + b) * k, x0:x1], r.ds.nodata, (b - a, c_hi - c_lo))
+        arr[:, a - r_lo:b - r_lo] = np.rint(strip) if integer else strip
+    return arr
+
+
+def _valid_average(full: np.ndarray, nodata, shape) -> np.ndarray:
+    """[bands, h * k, w * k] raw samples -> [bands, h, w] float32 area averages of the valid ones
+    (finite, not the nodata value); NaN where a cell has none."""
+    full = full.astype(np.float32)
+    ok = ~invalid_mask(full, nodata, zero_is_nodata=False)
     size = (shape[1], shape[0])
     den = cv2.resize(ok.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    out = np.full((len(bands), *shape), np.nan, np.float32)
+    out = np.full((full.shape[0], *shape), np.nan, np.float32)
     has = den > 1e-6
-    for i in range(len(bands)):
+    for i in range(full.shape[0]):
         num = cv2.resize(np.where(ok, full[i], np.float32(0)), size, interpolation=cv2.INTER_AREA)
         out[i][has] = num[has] / den[has]
     return out

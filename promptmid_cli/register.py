@@ -24,7 +24,7 @@ from .outputs import (gdalwarp_command, model_gcps, moving_map_coords, points_te
 from . import validate as _validate
 from .atomic import OutputSet
 from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
-from .patches import DecodedGrids, PatchReader
+from .patches import DecodedGrids, PatchReader, hold_moving
 from .pyramid import first_search, level_factors
 from .raster import apply_affine, open_raster
 
@@ -213,6 +213,7 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
         timings = {}
         t = time.perf_counter()
         scene = build_scene(ref, mov, rm, mm, cfg.match)
+        hold_moving(scene)  # decoded once for the matching and the output warp
         grids = DecodedGrids()
         warming = _warm_up(scene, cfg.match, grids)
         from .pipeline import run_matching  # heavy (SciPy): only once the inputs are known good

@@ -1,4 +1,5 @@
-"""Memory stays bounded as rasters grow: `promptmid register` never reads a whole raster.
+"""Memory stays bounded as rasters grow: `promptmid register` reads windows, and holds no raster
+whole beyond the moving one's samples within its budget (PROMPTMID_RESIDENT_MB).
 
 Two pairs, 1500^2 and 3000^2 (4x the pixels), are registered in subprocesses; the peak RSS of each
 is that process's own ru_maxrss (os.wait4). Allocator noise is removed so the peak tracks live
@@ -60,10 +61,10 @@ LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdo
             "_, st, ru = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(st), ru.ru_maxrss)")
 
 
-def peak_rss_mb(cmd):
+def peak_rss_mb(cmd, env=None):
     """Run cmd; return (exit code, peak RSS in MB of that process, stderr)."""
-    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env={**os.environ, **ENV}, capture_output=True,
-                       text=True)
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env={**os.environ, **ENV, **(env or {})},
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     code, kb = r.stdout.split()
     return int(code), int(kb) / 1024.0, r.stderr
@@ -81,26 +82,42 @@ def register_cmd(pair, out):
             "--prompt-mode", "stats", "--descriptor", "builtin"]
 
 
-def test_peak_rss_bounded_when_pixels_quadruple(pairs, tmp_path):
+def _growth(pairs, tmp_path, env) -> tuple[dict, float]:
+    """Peak RSS of a registration of each pair (checked to be right) and the SAR's float32 size
+    difference between them."""
     from promptmid_cli.synthetic import checkpoint_rmse
 
     rss = {}
     for n, pair in pairs.items():
         out = str(tmp_path / f"out{n}.tif")
-        code, rss[n], err = peak_rss_mb(register_cmd(pair, out))
+        code, rss[n], err = peak_rss_mb(register_cmd(pair, out), env)
         assert code == 0, err
         assert os.path.isfile(out)
         # the run really registered (so the warp over the whole raster ran too)
         e = checkpoint_rmse(str(tmp_path / f"out{n}.points"), pair["truth"], pair["ref_transform"], pair["shape"])
         assert e < 0.5, (n, e)
     # what a whole-raster read costs at these sizes, as the pipeline would hold it (float32)
-    extra_px = LARGE * LARGE - SMALL * SMALL
-    sar_full = extra_px * 4 / 2**20  # one float32 band: 25.7 MB
+    return rss, (LARGE * LARGE - SMALL * SMALL) * 4 / 2**20  # one float32 band: 25.7 MB
+
+
+def test_peak_rss_bounded_when_pixels_quadruple(pairs, tmp_path):
+    """With residency off, every read is a window: memory does not grow with the rasters."""
+    rss, sar_full = _growth(pairs, tmp_path, {"PROMPTMID_RESIDENT_MB": "0"})
     growth = rss[LARGE] - rss[SMALL]
     print(f"peak RSS {SMALL}^2: {rss[SMALL]:.0f} MB, {LARGE}^2: {rss[LARGE]:.0f} MB, growth {growth:+.1f} MB "
           f"(a whole read of the larger SAR alone would add {sar_full:.0f} MB, of the optical {3 * sar_full:.0f})")
     assert growth < 0.5 * sar_full, rss
     assert rss[LARGE] < 2048, rss
+
+
+def test_a_resident_moving_raster_costs_its_samples_and_nothing_more(pairs, tmp_path):
+    """With the default budget the SAR (under it) is held in memory: the growth is its samples (the
+    measurement sees them), and nothing else is read whole."""
+    rss, sar_full = _growth(pairs, tmp_path, {"PROMPTMID_RESIDENT_MB": ""})  # the default
+    growth = rss[LARGE] - rss[SMALL]
+    print(f"resident: peak RSS {rss[SMALL]:.0f} MB and {rss[LARGE]:.0f} MB, growth {growth:+.1f} MB "
+          f"(the larger SAR's samples: {sar_full:.0f} MB more)")
+    assert 0.8 * sar_full < growth < 1.5 * sar_full, rss
 
 
 def test_measurement_sees_a_whole_raster_read(pairs):

@@ -547,3 +547,92 @@ def test_output_compresses_on_the_process_threads_with_identical_bytes(tmp_path,
         outputs.warp_to_reference(mov, ref, g, str(path), "bilinear", {"NUM_THREADS": n})
         data.append(path.read_bytes())
     assert data[0] == data[1]
+
+
+# ------------------------------------------------------------------------------ resident rasters
+@pytest.mark.parametrize("kind", ["float_nan_nodata", "uint16_nodata0", "float_scattered_inf", "uint8_zero_fill"])
+def test_resident_raster_reads_equal_file_reads(tmp_path, kind):
+    """A resident raster (decoded once, windows cut from memory, issue #12) must read as the file
+    does: every window at the full resolution identically, decimated windows as GDAL's average
+    (which skips the declared nodata and returns integers rounded), NaN and hole filling included."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(1, 200, (2, 61, 75))
+    nodata = None
+    if kind == "float_nan_nodata":
+        img, nodata = base.astype(np.float32), float("nan")
+        img[:, 10:25, 5:30] = np.nan
+    elif kind == "uint16_nodata0":
+        img, nodata = base.astype(np.uint16), 0
+        img[:, :, 60:] = 0
+    elif kind == "float_scattered_inf":
+        img = base.astype(np.float32)
+        img[:, rng.random((61, 75)) < 0.1] = -np.inf
+    else:
+        img = base.astype(np.uint8)
+        img[:, 40:, :20] = 0
+    path = _write(tmp_path / "r.tif", img, nodata=nodata)
+    file_r, mem_r = open_raster(path, "test"), open_raster(path, "test")
+    mem_r.resident = True
+    try:
+        for factor, col0, row0, w, h in [(1, 0, 0, 75, 61), (1, -4, 7, 30, 20), (1, 50, 45, 30, 20),
+                                         (2, 0, 0, 38, 31), (3, 2, -1, 20, 15), (4, 5, 3, 20, 20)]:
+            for holes in (False, True):
+                a = read_window(file_r, col0, row0, w, h, factor=float(factor), holes=holes)
+                b = read_window(mem_r, col0, row0, w, h, factor=float(factor), holes=holes)
+                assert np.array_equal(np.isnan(a), np.isnan(b)), (factor, col0, row0, holes)
+                assert np.isfinite(a).any()
+                if factor == 1:
+                    np.testing.assert_array_equal(a, b)
+                else:  # GDAL averages in double and rounds integer means
+                    tol = 1.0 if img.dtype.kind == "u" else 1e-3
+                    np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+        assert mem_r._samples is not None and file_r._samples is None
+    finally:
+        file_r.close()
+        mem_r.close()
+
+
+def test_a_resident_raster_is_decoded_once(tmp_path, monkeypatch):
+    """Every window of a resident raster after the first comes from memory: one GDAL read in all."""
+    import promptmid_cli.raster as raster
+
+    img = np.arange(3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64) + 1
+    r = open_raster(_write(tmp_path / "o.tif", img), "test")
+    r.resident = True
+    calls = []
+    real = raster._read
+    monkeypatch.setattr(raster, "_read", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        for col0 in range(0, 50, 7):
+            np.testing.assert_array_equal(read_window(r, col0, 3, 10, 10, bands=[2])[0], img[1, 3:13, col0:col0 + 10])
+        read_window(r, 0, 0, 16, 16, factor=4.0)
+        assert len(calls) == 1
+    finally:
+        r.close()
+
+
+def test_the_moving_raster_is_held_only_within_budget_and_overlap(tmp_path, monkeypatch):
+    """hold_moving keeps the moving raster in memory when it fits the budget (PROMPTMID_RESIDENT_MB)
+    and mostly lies in the overlap; a larger one, or one mostly outside the overlap, is read by
+    windows as before; a budget that is not a number is bad input."""
+    import promptmid_cli.patches as patches
+    from promptmid_cli.config import MatchOptions
+    from promptmid_cli.scene import build_scene
+    from promptmid_cli.synthetic import make_pair
+
+    o = MatchOptions()
+    pair = make_pair(tmp_path / "a", size=320, seed=4)
+    sc = build_scene(open_raster(pair.optical, "optical"), open_raster(pair.sar, "SAR"), "optical", "sar", o)
+    monkeypatch.delenv("PROMPTMID_RESIDENT_MB", raising=False)
+    assert patches.hold_moving(sc) and sc.mov.resident
+    monkeypatch.setenv("PROMPTMID_RESIDENT_MB", str((sc.mov.nbytes - 1) / 2 ** 20))
+    assert not patches.hold_moving(sc) and not sc.mov.resident
+    monkeypatch.setenv("PROMPTMID_RESIDENT_MB", str((sc.mov.nbytes + 1) / 2 ** 20))
+    assert patches.hold_moving(sc)
+    monkeypatch.setenv("PROMPTMID_RESIDENT_MB", "lots")
+    with pytest.raises(BadInput, match="PROMPTMID_RESIDENT_MB"):
+        patches.hold_moving(sc)
+    monkeypatch.delenv("PROMPTMID_RESIDENT_MB")
+    wide = make_pair(tmp_path / "b", size=100, seed=4, sar_size=400)  # the SAR 4x wider than the optical
+    sc = build_scene(open_raster(wide.optical, "optical"), open_raster(wide.sar, "SAR"), "optical", "sar", o)
+    assert not patches.hold_moving(sc)
