@@ -224,7 +224,8 @@ def apply_correction(correction: str, rasters: list[str], out: str, grid: str = 
     from types import SimpleNamespace
 
     from .outputs import warp_to_reference, write_moving_grid
-    from .raster import CV2_INTERP, open_raster
+    from .raster import open_raster
+    from .reads import CV2_INTERP
     from .validate import check_creation_options, output_driver
 
     if grid not in GRIDS:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .raster import Raster, read_window
+from .raster import Raster
+from .reads import read_window
 
 SAR_DOMAINS = ("auto", "linear", "db", "display")
 

@@ -52,7 +52,7 @@ def displacement_metres(crs, x: float, y: float, dx: float, dy: float) -> tuple[
 def _nodata_share(r, zero_is_nodata: bool) -> float:
     import numpy as np
 
-    from .raster import read_window
+    from .reads import read_window
 
     f = max(1.0, max(r.width, r.height) / SAMPLE)
     w, h = max(1, int(r.width / f)), max(1, int(r.height / f))

@@ -23,7 +23,8 @@ from rasterio.shutil import copy as rio_copy
 
 from .atomic import atomic_path  # noqa: F401 (re-exported)
 from .fitting import Transform, invert
-from .raster import CV2_INTERP, Raster, apply_affine, crs_transformer, read_rows, read_window, source_pixel_maps
+from .raster import Raster, apply_affine, crs_transformer
+from .reads import CV2_INTERP, read_rows, read_window, source_pixel_maps
 from .threads import bounded_map
 from .validate import creation_profile, output_dtype, parse_co, split_cog_options
 

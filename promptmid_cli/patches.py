@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import BadInput
 from .imaging import normalize01, to_intensity
-from .raster import Raster, resident_budget, footprint, read_window, resample_moving, window_of
+from .raster import Raster, footprint, resident_budget
+from .reads import read_window, resample_moving, window_of
 from .threads import both
 
 DESC_MARGIN = 8  # context read around every patch so descriptor smoothing has no border effects

@@ -33,7 +33,7 @@ def _grid(scene, factor: float, c0: float, r0: float):
 def _gray(scene, which: str, T, w: int, h: int, point_map=None) -> np.ndarray:
     """One image (reference or moving) resampled onto grid T as [h, w] in [0, 1], NaN = no data."""
     from .imaging import normalize01, to_intensity
-    from .raster import resample_moving
+    from .reads import resample_moving
 
     if which == "ref":
         r, modality, domain, pm = scene.ref, scene.ref_modality, scene.ref_domain, None

@@ -1,4 +1,4 @@
-"""Unit tests of the raster access (promptmid_cli.raster) and radiometry (promptmid_cli.imaging)."""
+"""Unit tests of the raster access (promptmid_cli.raster, promptmid_cli.reads) and radiometry (promptmid_cli.imaging)."""
 
 import math
 
@@ -10,7 +10,8 @@ from scipy.ndimage import map_coordinates
 
 from promptmid_cli.errors import BadInput
 from promptmid_cli.imaging import detect_sar_domain, normalize01, to_intensity
-from promptmid_cli.raster import invalid_mask, open_raster, read_window, resample_moving
+from promptmid_cli.raster import open_raster
+from promptmid_cli.reads import invalid_mask, read_window, resample_moving
 
 T0 = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
 
@@ -595,13 +596,15 @@ def test_resident_raster_reads_equal_file_reads(tmp_path, kind):
 def test_a_resident_raster_is_decoded_once(tmp_path, monkeypatch):
     """Every window of a resident raster after the first comes from memory: one GDAL read in all."""
     import promptmid_cli.raster as raster
+    import promptmid_cli.reads as reads
 
     img = np.arange(3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64) + 1
     r = open_raster(_write(tmp_path / "o.tif", img), "test")
     r.resident = True
     calls = []
-    real = raster._read
-    monkeypatch.setattr(raster, "_read", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = raster.read_gdal
+    for mod in (raster, reads):  # every GDAL read, whole or windowed
+        monkeypatch.setattr(mod, "read_gdal", lambda *a, **k: calls.append(1) or real(*a, **k))
     try:
         for col0 in range(0, 50, 7):
             np.testing.assert_array_equal(read_window(r, col0, 3, 10, 10, bands=[2])[0], img[1, 3:13, col0:col0 + 10])

@@ -211,7 +211,8 @@ def test_vsizip_input_is_accepted(pair, tmp_path):
 
 
 def test_complex_input_is_read_as_magnitude(tmp_path):
-    from promptmid_cli.raster import open_raster, read_window
+    from promptmid_cli.raster import open_raster
+    from promptmid_cli.reads import read_window
 
     plain = tmp_path / "slc.tif"
     z = (np.arange(32 * 32).reshape(1, 32, 32) * (0.6 + 0.8j)).astype(np.complex64)
@@ -233,7 +234,7 @@ def test_no_python_warnings_reach_stderr(tmp_path):
     p = tmp_path / "plain.tif"
     with rasterio.open(p, "w", driver="GTiff", width=32, height=32, count=1, dtype="complex64") as dst:
         dst.write((np.ones((1, 32, 32)) * (1 + 1j)).astype(np.complex64))
-    code = ("from promptmid_cli.raster import open_raster, read_window\n"
+    code = ("from promptmid_cli.raster import open_raster\nfrom promptmid_cli.reads import read_window\n"
             "from promptmid_cli.imaging import detect_sar_domain\n"
             f"r = open_raster({str(p)!r}, 'SAR')\n"
             "read_window(r, 0, 0, 32, 32); read_window(r, 0, 0, 8, 8, factor=4.0); print(detect_sar_domain(r))\n")
