@@ -205,6 +205,13 @@ REGISTER_EPILOG = """\
   2  bad usage or bad input (one line on stderr)
 
   130 / 143  interrupted (SIGINT / SIGTERM); outputs are left as they were
+
+[bold]Environment[/bold]
+
+  PROMPTMID_RESIDENT_MB  memory that may hold the moving raster decoded whole (default 512, at most an
+  eighth of the machine's; 0: read it by windows)
+
+  GDAL_CACHEMAX  GDAL's block cache (default here 128 MB)
 """
 
 
