@@ -119,7 +119,7 @@ def resident_budget() -> int:
         mb = float(v) if v else float(RESIDENT_MB)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:
+    if not (mb >= 0 and math.isfinite(mb)):
         raise BadInput(f"PROMPTMID_RESIDENT_MB={v!r}: give a number of MB (0 turns residency off)")
     try:
         phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

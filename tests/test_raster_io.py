@@ -632,9 +632,10 @@ def test_the_moving_raster_is_held_only_within_budget_and_overlap(tmp_path, monk
     assert not patches.hold_moving(sc) and not sc.mov.resident
     monkeypatch.setenv("PROMPTMID_RESIDENT_MB", str((sc.mov.nbytes + 1) / 2 ** 20))
     assert patches.hold_moving(sc)
-    monkeypatch.setenv("PROMPTMID_RESIDENT_MB", "lots")
-    with pytest.raises(BadInput, match="PROMPTMID_RESIDENT_MB"):
-        patches.hold_moving(sc)
+    for bad in ("lots", "-1", "inf", "nan"):
+        monkeypatch.setenv("PROMPTMID_RESIDENT_MB", bad)
+        with pytest.raises(BadInput, match="PROMPTMID_RESIDENT_MB"):
+            patches.hold_moving(sc)
     monkeypatch.delenv("PROMPTMID_RESIDENT_MB")
     wide = make_pair(tmp_path / "b", size=100, seed=4, sar_size=400)  # the SAR 4x wider than the optical
     sc = build_scene(open_raster(wide.optical, "optical"), open_raster(wide.sar, "SAR"), "optical", "sar", o)
