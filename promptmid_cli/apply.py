@@ -226,7 +226,7 @@ def apply_correction(correction: str, rasters: list[str], out: str, grid: str = 
     from .outputs import warp_to_reference, write_moving_grid
     from .raster import open_raster
     from .reads import CV2_INTERP
-    from .validate import check_creation_options, output_driver
+    from .formats import check_creation_options, output_driver
 
     if grid not in GRIDS:
         raise BadInput("--grid must be 'reference' or 'moving'")

@@ -26,7 +26,7 @@ from .fitting import Transform, invert
 from .raster import Raster, apply_affine, crs_transformer
 from .reads import CV2_INTERP, read_rows, read_window, source_pixel_maps
 from .threads import bounded_map
-from .validate import creation_profile, output_dtype, parse_co, split_cog_options
+from .formats import creation_profile, output_dtype, parse_co, split_cog_options
 
 BLOCK = 512
 WARP_AHEAD = 2  # output blocks warped ahead of the writer, on threads (memory: this many blocks)

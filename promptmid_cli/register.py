@@ -23,6 +23,7 @@ from .outputs import (gdalwarp_command, model_gcps, moving_map_coords, points_te
                       write_moving_grid, write_report, write_text)
 from . import validate as _validate
 from .atomic import OutputSet
+from .formats import output_driver, output_dtype, parse_co
 from .config import MatchOptions, RegisterConfig  # noqa: F401 (re-exported)
 from .patches import DecodedGrids, PatchReader, hold_moving
 from .pyramid import first_search, level_factors
@@ -199,8 +200,8 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
     paths = _validate.validate_register(cfg)  # everything that can be known before any work
     from .scene import build_scene
 
-    driver = _validate.output_driver(cfg) if cfg.write_raster else None
-    co = _validate.parse_co(cfg.co)
+    driver = output_driver(cfg) if cfg.write_raster else None
+    co = parse_co(cfg.co)
     report_path = paths["report"]  # None: report '-' goes to stdout (the command line prints it)
     shown = {**{k: v for k, v in paths.items() if v}, "report": report_path or "-"}
     opt = open_raster(cfg.optical, "optical")
@@ -307,8 +308,6 @@ def _register(cfg: RegisterConfig, progress=None) -> dict:
 
 def _gdalwarp_command(cfg: RegisterConfig, ref, mov, g, paths: dict) -> str | None:
     """The gdalwarp command that rebuilds the raster output from the GCP VRT (reference grid)."""
-    from .validate import output_dtype
-
     dtype = output_dtype(mov.ds.dtypes[0], "reference")
     nodata = mov.ds.nodata
     if nodata is None:

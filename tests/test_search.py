@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from promptmid_cli import search as S
+from promptmid_cli import search_fields as F
 from promptmid_cli.imaging import normalize01
 from promptmid_cli.synthetic import landscape
 
@@ -58,20 +59,20 @@ def test_bin_shift_matches_recomputed_descriptor():
     """A rotation of the image is a warp of the built-in descriptor plus a shift of its bins."""
     opt, _, _ = landscape(128, seed=1)
     img, m = normalize01(opt)
-    describe, nb = S.builtin_describe()
-    base = S._Field.of(describe(img, m, "optical"), m)
+    describe, nb = F.builtin_describe()
+    base = F.Field.of(describe(img, m, "optical"), m)
     inner = np.hypot(*np.mgrid[-64:64, -64:64]) < 50
     for a in (30.0, 135.0):
         rot, rm, M = warp_known(img, m, a, 1.0, shift=(0, 0))
-        truth = S._Field.of(describe(rot, rm, "optical"), rm)
+        truth = F.Field.of(describe(rot, rm, "optical"), rm)
         for shift, lo, hi in ((-a / (180 / nb), 0.98, 1.0), (0.0, -1.0, 0.8)):  # right shift / none
-            w = S._warp(S._Field(S._bin_shift(base.d, shift, nb), base.m), np.linalg.inv(M), (128, 128))
+            w = F.warp(F.Field(F.bin_shift(base.d, shift, nb), base.m), np.linalg.inv(M), (128, 128))
             sel = w.m & truth.m & inner
             r = np.corrcoef(w.d[sel].ravel(), truth.d[sel].ravel())[0, 1]
             assert lo <= r <= hi, (a, shift, r)
         # the compact (harmonic) form rotates like the bins
-        hb = S._harmonics(S._bin_shift(base.d, 1.3, nb), nb)
-        hr = S._rotate_harmonics(S._harmonics(base.d, nb), 1.3, nb)
+        hb = F.harmonics(F.bin_shift(base.d, 1.3, nb), nb)
+        hr = F.rotate_harmonics(F.harmonics(base.d, nb), 1.3, nb)
         assert np.abs(hb - hr).max() < 0.05 * np.abs(hb).max()
 
 
