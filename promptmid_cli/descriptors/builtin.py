@@ -15,7 +15,6 @@ it work across modalities:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -26,11 +25,7 @@ import numpy as np
 from ..matching import as_array
 from ..threads import compute_pool
 from .base import DescriptorBackend, PatchPair
-
-
-def gauss_kernel(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian kernel of radius ceil(3 sigma) (float32)."""
-    return _kernel_np(float(sigma)).copy()
+from .kernels import gauss_kernel
 
 
 def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
@@ -85,18 +80,10 @@ def _describe_cpu(img, mask, sigma: float, cos, sin, scales, floor: float):
     return d
 
 
-@functools.lru_cache(maxsize=16)
-def _kernel_np(sigma: float) -> np.ndarray:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-0.5 * (x / np.float32(sigma)) ** 2).astype(np.float32)
-    return k / k.sum()
-
-
 def _sep_blur(a, sigma: float, out=None):
     """Separable Gaussian blur, reflected borders; replicated when the image is no wider than the
     kernel's radius (where reflection is undefined)."""
-    k = _kernel_np(float(sigma))
+    k = gauss_kernel(float(sigma))
     border = cv2.BORDER_REFLECT_101 if min(a.shape) > k.size // 2 else cv2.BORDER_REPLICATE
     if out is None:
         return cv2.sepFilter2D(a, -1, k, k, borderType=border)

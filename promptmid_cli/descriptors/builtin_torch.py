@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .builtin import gauss_kernel
+from .kernels import gauss_kernel
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
