@@ -52,7 +52,7 @@ def make_backend(cfg: RegisterConfig):
 def make_tile_prompter(cfg: RegisterConfig):
     """Adapter from the pipeline's raw tile windows to the land-use prompt selector."""
     from .prompts import default_classes, load_prompt_file, make_selector
-    from .prompts.selectors import TileImages
+    from .prompts.base import TileImages
 
     classes = load_prompt_file(cfg.prompts_file) if cfg.prompts_file else default_classes()
     dev = cfg.descriptor_options.get("device", "cpu")

@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 
 from promptmid_cli.errors import BadInput  # noqa: E402
 from promptmid_cli.prompts import TileImages, clip_available, default_classes, make_selector  # noqa: E402
-from promptmid_cli.prompts.selectors import check_tokenizer  # noqa: E402
+from promptmid_cli.prompts.clip import check_tokenizer  # noqa: E402
 from promptmid_cli.prompts.tiny import make_tiny_clip_model, write_tiny_clip, write_tiny_clip_tokenizer  # noqa: E402
 
 MISSING_ID = "promptmid-tests/no-such-clip-model"

@@ -15,7 +15,7 @@ import pytest
 
 from promptmid_cli.prompts import TileImages, default_classes, make_selector
 from promptmid_cli.prompts.corine import classes_for_labels
-from promptmid_cli.prompts.selectors import tile_features, to_feature_resolution
+from promptmid_cli.prompts.tile_stats import tile_features, to_feature_resolution
 
 ROOT = Path(__file__).resolve().parents[1]
 URBAN = {"dense_urban", "residential", "industrial"}

@@ -7,7 +7,7 @@ import pytest
 from promptmid_cli.errors import BadInput
 from promptmid_cli.prompts import LandUseClass, TileImages, default_classes, make_selector
 from promptmid_cli.prompts.corine import CORINE_TO_CLASSES, classes_for_labels
-from promptmid_cli.prompts.selectors import featureless_reason, tile_features
+from promptmid_cli.prompts.tile_stats import featureless_reason, tile_features
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = {c.id for c in default_classes()}

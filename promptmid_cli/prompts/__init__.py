@@ -10,12 +10,12 @@ _WHERE = {
     "LandUseClass": "classes",
     "default_classes": "classes",
     "load_prompt_file": "classes",
-    "DEFAULT_CLIP_MODEL": "selectors",
+    "DEFAULT_CLIP_MODEL": "clip",
     "MODES": "selectors",
-    "Selector": "selectors",
-    "TileImages": "selectors",
-    "TilePrompt": "selectors",
-    "clip_available": "selectors",
+    "Selector": "base",
+    "TileImages": "base",
+    "TilePrompt": "base",
+    "clip_available": "clip",
     "make_selector": "selectors",
 }
 

@@ -20,7 +20,8 @@ from ..errors import PromptmidError
 def prompts_listing(prompts_file: Path | None = None) -> dict:
     """The data ``promptmid prompts --json`` prints."""
     from .classes import default_classes, load_prompt_file
-    from .selectors import DEFAULT_CLIP_MODEL, MODES
+    from .clip import DEFAULT_CLIP_MODEL
+    from .selectors import MODES
 
     classes = load_prompt_file(prompts_file) if prompts_file else default_classes()
     return {

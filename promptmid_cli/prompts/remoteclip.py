@@ -209,7 +209,7 @@ def _load_tokenizer(tokenizer):
     src = str(tokenizer) if tokenizer is not None else DEFAULT_TOKENIZER_ID
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise BadInput(f"tokenizer folder not found: {tokenizer}")
-    from .selectors import quiet_transformers
+    from .clip import quiet_transformers
 
     try:
         with quiet_transformers():
@@ -234,7 +234,7 @@ def convert_remoteclip(ckpt_path, out_dir, *, tokenizer=None, overwrite: bool = 
     """
     from transformers import CLIPModel
 
-    from .selectors import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_tokenizer, quiet_transformers
+    from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_tokenizer, quiet_transformers
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
