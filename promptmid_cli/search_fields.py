@@ -20,7 +20,6 @@ import numpy as np
 import scipy.fft as sfft
 
 from .matching import as_array, parabola_offset
-from .patches import erode
 
 MIN_OVERLAP = 0.3  # overlap fraction (of the smaller valid area) a hypothesis must have
 ERODE_PX = 2  # descriptor support at a nodata border
@@ -62,7 +61,15 @@ class Field:
 
     @classmethod
     def of(cls, desc, mask) -> "Field":
-        return cls(np.ascontiguousarray(as_array(desc).transpose(1, 2, 0)), erode(np.asarray(mask, bool), ERODE_PX))
+        """The descriptor of a whole image with its mask, shrunk by ERODE_PX from nodata *and from the
+        image's own edge*: the descriptor is zero on the edge's ring (no gradient there) and dimmed
+        next to it in every image alike, so where the moving image's edge lands on the reference's
+        the two correlate by construction. Kept, that edge made every hypothesis whose moving image
+        covers the whole reference score higher (the full search on a 120 px Sentinel-1/2 patch at
+        its true scale 1.0 preferred 0.9: NCC 0.32 against 0.20)."""
+        k = np.ones((2 * ERODE_PX + 1, 2 * ERODE_PX + 1), np.uint8)
+        m = cv2.erode(np.asarray(mask, bool).astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        return cls(np.ascontiguousarray(as_array(desc).transpose(1, 2, 0)), m.astype(bool))
 
     def down(self, f: float) -> "Field":
         """Area-averaged onto a grid f times coarser; invalid pixels do not dilute valid ones."""
