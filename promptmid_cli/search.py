@@ -40,6 +40,7 @@ import numpy as np
 from .matching import parabola_offset
 from .search_fields import (Field, MovingFields, Template, builtin_describe, decompose, exact_score, fast_ncc, grid,
                             peak, similarity, warp)
+from .verdict import SINGLED_OUT_DEG
 
 SCAN_SIZE = 96  # px, longest side of the scan grid
 REFINE_SIZE = 160  # px, longest side of the refinement grid
@@ -52,6 +53,7 @@ REFINE_STEPS = ((3.0, 0.04), (1.2, 0.015), (0.5, 0.006), (0.2, 0.0025))
 # beyond --max-shift: a true scale just inside the range's border is then an interior optimum,
 # and only an estimate stopped at the probe's bound says the truth may lie beyond the range
 SCALE_PROBE = 0.02
+MIN_FAR_SCORES = 20  # scan_margin_z: fewer far scores (a narrow --max-rotation) make no statement
 
 
 @dataclass
@@ -202,6 +204,8 @@ def global_search(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_ma
         "angles_deg": [float(a) for a in angles], "scales": [float(s) for s in scales],
         "scan_scores": np.round(scan, 4).tolist(),  # [angle][scale]: best rank over translations
         "n_hypotheses_tried": int(len(angles) * len(scales)),
+        "scan_margin_z": scan_margin_z(scan, angles),
+        "scan_best_deg": float(angles[int(np.argmax(np.max(scan, axis=1)))]) if scan.size else None,
         "refined": [h.as_dict() for h in hyps],
         "hypotheses": [h.as_dict() for h in distinct[:n_best]],
         "margin": distinct[0].margin if distinct else 0.0,
@@ -209,6 +213,25 @@ def global_search(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_ma
                     "total": time.perf_counter() - t0},
     }
     return distinct[:n_best], record
+
+
+def scan_margin_z(scan: np.ndarray, angles) -> float | None:
+    """How far the scan's best (rotation, scale) stands above the best rotation more than
+    SINGLED_OUT_DEG away from it, in robust standard deviations (1.4826 MAD) of those far scores.
+    Noise, a featureless pair or a repeated pattern leaves rivals all round the circle; a real
+    alignment stands alone. None when too few rotations lie that far (a narrow --max-rotation)."""
+    scan = np.asarray(scan, float)
+    if scan.size == 0 or scan.max() <= -0.5:
+        return None
+    i, _ = np.unravel_index(int(np.argmax(scan)), scan.shape)
+    ang = np.asarray(angles, float)
+    far = np.abs((ang - ang[i] + 180.0) % 360.0 - 180.0) > SINGLED_OUT_DEG
+    null = scan[far].ravel()
+    null = null[null > -0.5]
+    if null.size < MIN_FAR_SCORES:
+        return None
+    mad = 1.4826 * float(np.median(np.abs(null - np.median(null))))
+    return float((scan.max() - null.max()) / max(mad, 1e-6))
 
 
 def _eval(A, tp: Template, G, movs: MovingFields, f, angle, R, compact=True):

@@ -63,6 +63,12 @@ MIN_SEARCH_DISTINCT = 0.05  # full search: the best hypothesis above the next di
 # family f) chosen wrong hypotheses reached 1.2-6.0, right ones 3.3-45 (those below 7 OSMNet 1 m
 # patches). Not under the prior: there wrong and right answers overlap (0.2-4.1 against 0.8-90)
 EVIDENCE_PER_BOOST = 2.0
+# the full search's winner stands alone when its scan score is this many robust sd (of the scores of
+# rotations more than 15 deg away) above the best of those (search.scan_margin_z); its evidence bar
+# then counts the refined peaks only. The seventh session's rule, dropped then because a snow patch
+# passed 20.9 px off at rotation 0; it now applies away from rotation 0 only (see evaluate)
+MIN_SCAN_MARGIN_Z = 3.0
+SINGLED_OUT_DEG = 15.0  # "far" rotations of search.scan_margin_z; the chosen one must lie this near the scan's winner
 HALVES_LIMIT_PX = 1.5
 SCALE_EDGE_TOL = 1.0025  # the rotation/scale refinement's last scale step (search.REFINE_STEPS)
 MAX_RIVAL_SUPPORT = 0.75  # best rival hypothesis' evidence (summed inlier confidence) / the chosen one's
@@ -182,13 +188,28 @@ def evaluate(fit, ties, levels: list[dict], scale: float, window_xy: np.ndarray,
     chosen = _chosen(g0)
     if full_search and chosen is not None:
         # picked among the hundreds of rotation/scale hypotheses scanned (under the prior the answer
-        # comes from one coarse peak, whose significance coarse_peak checks)
-        n_alt = n_scanned or n_hypotheses
+        # comes from one coarse peak, whose significance coarse_peak checks); when the scan itself
+        # singles out its winner, the choice was among the few refined peaks only
+        rec = g0.get("search_record") or {}
+        mz = rec.get("scan_margin_z")
+        best = rec.get("scan_best_deg")
+        rot = chosen.get("rotation_deg")
+        near = best is not None and rot is not None and abs((rot - best + 180.0) % 360.0 - 180.0) <= SINGLED_OUT_DEG
+        # a lone rotation is news only away from the georeference's own (rotation 0): there the
+        # rotation was known before the search and the open question is the translation, which a
+        # scan over rotations does not settle (a snow patch's full search, after its prior pass was
+        # rejected, singled out rotation 0 and landed 20.9 px off on the translation)
+        news = rot is not None and abs(rot) > SINGLED_OUT_DEG
+        singled = mz is not None and mz >= MIN_SCAN_MARGIN_Z and near and news
+        n_alt = max(1, len(rec.get("refined") or [])) if singled else (n_scanned or n_hypotheses)
         e0 = float(chosen["support"])
-        elim = EVIDENCE_PER_BOOST * math.sqrt(2.0 * math.log(max(1, n_alt)))
+        elim = EVIDENCE_PER_BOOST * math.sqrt(2.0 * math.log(max(2, n_alt)))
+        why = (f"the scan singled it out ({mz:.1f} robust sd above every rotation more than {SINGLED_OUT_DEG:g} deg away), so the "
+               f"bar counts the {n_alt} refined peaks" if singled else
+               f"the bar grows with the {n_alt} hypotheses it was picked among")
         checks.append(_check("evidence", e0, elim, e0 >= elim,
                              "summed confidence of the inliers' own peaks at the first tile level under the "
-                             f"chosen hypothesis (the bar grows with the {n_alt} hypotheses it was picked among)"))
+                             f"chosen hypothesis ({why})"))
     tile_levels = [lv for lv in levels if lv.get("kind") == "tiles" and "consensus_z" in lv]
     if tile_levels:
         lv = tile_levels[0]  # the widest tile search: where a rival alignment would show

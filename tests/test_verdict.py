@@ -149,6 +149,48 @@ def test_a_full_search_needs_evidence_that_grows_with_the_hypotheses():
     assert verdict(2.5, 3)[0]["limit"] < weak["limit"]  # fewer hypotheses, lower bar
 
 
+def test_a_winner_the_scan_singles_out_was_picked_among_the_refined_peaks_only():
+    """When the scan's best rotation stands far above every rotation more than 15 deg away, the
+    choice was among the few refined peaks, and the evidence bar counts those; a winner that is not
+    the scan's, a scan without a lone peak, or a lone peak at the georeference's own rotation keeps
+    the bar of all hypotheses scanned."""
+    xy = np.random.default_rng(3).uniform(0, 500, (30, 2))
+    ties = [_Tie(p, (1.0, 1.0)) for p in xy]
+    win = np.c_[[0, 500], [0, 500]]
+
+    def evidence(margin_z, rotation=80.0):
+        g0 = {"kind": "global", "search_distinct": 0.3, "scale_range": (0.7, 1.4), "chosen": 0,
+              "candidates": [{"scale": 1.0, "support": 5.0, "rotation_deg": rotation}],
+              "search_record": {"scan_margin_z": margin_z, "scan_best_deg": 78.0 if rotation != 3.0 else 0.0,
+                                "refined": [{}] * 6}}
+        v = evaluate(_Fit("translation", np.ones(30)), ties, [g0], 1.0, win, 50.0, 2.0, n_hypotheses=3, n_scanned=420)
+        return next(c for c in v["checks"] if c["name"] == "evidence")
+
+    alone, crowded, elsewhere = evidence(6.0), evidence(1.0), evidence(6.0, rotation=-150.0)
+    assert alone["passed"] and alone["limit"] == pytest.approx(2.0 * np.sqrt(2 * np.log(6)))
+    assert not crowded["passed"] and crowded["limit"] == pytest.approx(2.0 * np.sqrt(2 * np.log(420)))
+    assert not elsewhere["passed"] and elsewhere["limit"] == crowded["limit"]
+    assert not evidence(None)["passed"]  # no statement (a narrow --max-rotation)
+    # at the georeference's own rotation the scan cannot speak for the translation
+    assert not evidence(6.0, rotation=3.0)["passed"]
+
+
+def test_scan_margin_measures_how_alone_the_best_rotation_stands():
+    from promptmid_cli.search import scan_margin_z
+
+    rng = np.random.default_rng(0)
+    angles = list(np.arange(-174.0, 181.0, 6.0))
+    noise = rng.normal(0.1, 0.01, (len(angles), 7))
+    assert scan_margin_z(noise, angles) < 1.5  # the best of noise has rivals all round the circle
+    lone = noise.copy()
+    lone[30, 3] = 0.25
+    assert scan_margin_z(lone, angles) > 10
+    twin = lone.copy()
+    twin[0, 2] = 0.24  # the same height 180 deg away (a symmetric or repeated structure)
+    assert scan_margin_z(twin, angles) < 1.5
+    assert scan_margin_z(lone[:5], angles[:5]) is None  # a narrow --max-rotation: too few far rotations
+
+
 def test_hypothesis_evidence_counts_confident_inliers_only():
     from promptmid_cli.levels import TileLevel
 
