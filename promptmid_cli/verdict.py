@@ -15,7 +15,8 @@ lower the score. Why each can catch a wrong answer:
 - search_peak (full search): the best rotation/scale hypothesis stands above the next distinct one.
 - evidence (full search): the chosen hypothesis' first tile level holds enough evidence (summed
   confidence of its inliers' own peaks), more the more hypotheses were scanned: a wrong one can
-  line up many guided tie points, but few significant, distinct peaks.
+  line up many guided tie points, but few significant, distinct peaks. A winner the scan singles
+  out away from the georeference's own rotation was picked among the few refined peaks only.
 - consensus, tie_confidence: the templates aligned by the consensus, and the inliers' own
   surfaces, show a distinct peak; peak_evidence: at least one of the two does.
 - halves: two interleaved halves of the inliers, fitted separately, give the same geometry.
